@@ -1,0 +1,1 @@
+"""Thin edges around the core: IMAP, SMTP, files, database, templates."""

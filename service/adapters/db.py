@@ -1,0 +1,95 @@
+"""Database engine and migrations. SQLite (WAL) is the embedded default; PostgreSQL scales out."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
+
+from service.adapters import tables  # noqa: F401  (registers the tables on the metadata)
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+
+class DatabaseError(Exception):
+    """The database cannot be reached or used; the message is one line naming the fix."""
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`, with the per-connection settings each backend needs."""
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[1] if "///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+        _sqlite_setup(engine)
+        return engine
+    if url.startswith("postgresql://"):
+        # SQLAlchemy 2.1 picks the driver for a bare postgresql:// URL; name psycopg 3 explicitly
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+        # pysqlite's own transaction handling issues a deferred BEGIN, with which two writers
+        # can deadlock on lock upgrade; switch it off and emit BEGIN IMMEDIATE ourselves.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def alembic_config(engine: Engine) -> Config:
+    """An Alembic config pointing at the packaged migrations and this engine."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest migration (idempotent; run at every start)."""
+    try:
+        command.upgrade(alembic_config(engine), "head")
+    except OperationalError as exc:
+        raise DatabaseError(describe_db_error(engine, exc)) from None
+
+
+def describe_db_error(engine: Engine, exc: BaseException) -> str:
+    """One line saying what is wrong with the database and what to do."""
+    url = engine.url.render_as_string(hide_password=True)
+    text = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc) else repr(exc)
+    if "readonly" in text or "read-only" in text:
+        return f"database {url} is read-only: {text}; give the service write access to it"
+    if "disk" in text and "full" in text or "No space" in text:
+        return f"database {url}: disk full ({text}); free space on its volume"
+    if "unable to open" in text:
+        return f"cannot open database {url}: {text}; check INTROLOOP_DATA_DIR / DATABASE_URL"
+    if "Connection refused" in text or "could not connect" in text or "connection" in text:
+        return f"cannot reach database {url}: {text}; is the server running?"
+    return f"database {url}: {text}"
+
+
+def check_database(engine: Engine) -> None:
+    """Open a connection and run a trivial query; raise DatabaseError with one line if not."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except Exception as exc:
+        raise DatabaseError(describe_db_error(engine, exc)) from None

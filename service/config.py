@@ -1,0 +1,297 @@
+"""Settings: INTROLOOP_* variables from the environment, a `.env` file and `config/defaults.env`.
+
+Precedence (highest first): real environment, the operator's `.env`, `config/defaults.env`.
+pydantic-settings does the reading (it uses python-dotenv for the files) and the typing; this
+module adds Introloop's own value formats (durations, quiet hours, sender lists) and turns every
+problem into one line that names the variable and the fix.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import time, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from service.paths import config_dir
+
+ENV_PREFIX = "INTROLOOP_"
+_DURATION_PART = re.compile(r"(\d+)\s*([smhdw])", re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_EMAIL = re.compile(r"^[^@\s<>\"',;]+@[^@\s<>\"',;]+\.[^@\s<>\"',;]+$")
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed. ``str(e)`` is one line per problem, naming the variable."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def parse_duration(value: str) -> timedelta:
+    """Parse `3d`, `12h`, `90m`, `0s`, `1d12h` or a bare number of seconds into a timedelta."""
+    text = str(value).strip().lower()
+    if re.fullmatch(r"\d+", text):
+        return timedelta(seconds=int(text))
+    parts = _DURATION_PART.findall(text)
+    if not parts or _DURATION_PART.sub("", text).strip():
+        raise ValueError(f"{value!r} is not a duration; write e.g. 3d, 12h, 30m or 0s")
+    return timedelta(seconds=sum(int(n) * _UNIT_SECONDS[u.lower()] for n, u in parts))
+
+
+def format_duration(delta: timedelta) -> str:
+    """Inverse of parse_duration for display: 3d, 12h, 1d12h, 0s."""
+    seconds = int(delta.total_seconds())
+    if seconds == 0:
+        return "0s"
+    out = []
+    for unit in ("w", "d", "h", "m", "s"):
+        n, seconds = divmod(seconds, _UNIT_SECONDS[unit])
+        if n:
+            out.append(f"{n}{unit}")
+    return "".join(out)
+
+
+def _split_list(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, list | tuple):
+        return tuple(str(v).strip().lower() for v in value if str(v).strip())
+    return tuple(p.strip().lower() for p in re.split(r"[,\s]+", str(value)) if p.strip())
+
+
+def _email(value: str, what: str) -> str:
+    value = value.strip().lower()
+    if not _EMAIL.match(value):
+        raise ValueError(f"{value!r} is not an email address ({what})")
+    return value
+
+
+class Settings(BaseSettings):
+    """Every setting Introloop reads. Field `x` is the variable `INTROLOOP_X`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="ignore",
+        env_ignore_empty=False,
+        frozen=True,
+    )
+
+    # identity
+    address: str = Field(description="the service address members BCC")
+    network_name: str
+    operator: str | None = None
+    secret: SecretStr | None = None
+
+    # mailbox in
+    imap_host: str | None = None
+    imap_port: int | None = None
+    imap_user: str | None = None
+    imap_password: SecretStr | None = None
+    imap_tls: Literal["ssl", "starttls", "none"]
+    imap_folder: str
+    # mail out
+    smtp_host: str | None = None
+    smtp_port: int | None = None
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_tls: Literal["ssl", "starttls", "none"]
+
+    # storage
+    data_dir: Path
+    database_url: str | None = None
+    templates_dir: Path | None = None
+
+    # timing
+    feedback_delay: timedelta
+    reminder_delay: timedelta
+    max_reminders: int = Field(ge=0)
+    pending_recheck: timedelta
+    timezone: str
+    quiet_hours: Annotated[tuple[time, time] | None, NoDecode] = None
+    summary_hour: int = Field(ge=0, le=23)
+    poll_interval: timedelta
+
+    # who may create referrals (besides members)
+    allow_senders: Annotated[tuple[str, ...], NoDecode] = ()
+
+    @field_validator("address", mode="before")
+    @classmethod
+    def _address(cls, v: Any) -> str:
+        return _email(str(v or ""), "the service address")
+
+    @field_validator("operator", mode="before")
+    @classmethod
+    def _operator(cls, v: Any) -> str | None:
+        return _email(str(v), "the operator's address") if v not in (None, "") else None
+
+    @field_validator("secret", mode="before")
+    @classmethod
+    def _secret(cls, v: Any) -> Any:
+        if v in (None, ""):
+            return None
+        if len(str(v)) < 16:
+            raise ValueError("is too short; use at least 16 random characters")
+        return v
+
+    @field_validator(
+        "imap_host", "imap_user", "smtp_host", "smtp_user", "database_url", mode="before"
+    )
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        return None if v == "" else v
+
+    @field_validator("imap_port", "smtp_port", "templates_dir", mode="before")
+    @classmethod
+    def _empty_port(cls, v: Any) -> Any:
+        return None if v == "" else v
+
+    @field_validator("imap_password", "smtp_password", mode="before")
+    @classmethod
+    def _empty_password(cls, v: Any) -> Any:
+        return None if v == "" else v
+
+    @field_validator(
+        "feedback_delay", "reminder_delay", "pending_recheck", "poll_interval", mode="before"
+    )
+    @classmethod
+    def _duration(cls, v: Any) -> timedelta:
+        if isinstance(v, timedelta):
+            return v
+        return parse_duration(str(v))
+
+    @field_validator("timezone", mode="before")
+    @classmethod
+    def _tz(cls, v: Any) -> str:
+        try:
+            ZoneInfo(str(v))
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{v!r} is not an IANA timezone (e.g. Europe/Berlin, UTC)") from None
+        return str(v)
+
+    @field_validator("quiet_hours", mode="before")
+    @classmethod
+    def _quiet(cls, v: Any) -> tuple[time, time] | None:
+        if v in (None, "") or isinstance(v, tuple):
+            return v or None
+        m = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*", str(v))
+        if not m:
+            raise ValueError(f"{v!r} is not a range of hours; write e.g. 20:00-08:00")
+        h1, m1, h2, m2 = (int(x) for x in m.groups())
+        try:
+            return time(h1, m1), time(h2, m2)
+        except ValueError:
+            raise ValueError(f"{v!r} has an impossible time") from None
+
+    @field_validator("allow_senders", mode="before")
+    @classmethod
+    def _senders(cls, v: Any) -> tuple[str, ...]:
+        items = _split_list(v)
+        for item in items:
+            if item != "*" and not (item.startswith("@") and "." in item) and "@" not in item:
+                raise ValueError(f"{item!r} is neither an address, an @domain nor *")
+        return items
+
+    # --- derived values -------------------------------------------------------------
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The network's timezone as a ZoneInfo."""
+        return ZoneInfo(self.timezone)
+
+    @property
+    def domain(self) -> str:
+        """Domain of the service address: our Message-IDs use it."""
+        return self.address.rsplit("@", 1)[1]
+
+    @property
+    def uses_imap(self) -> bool:
+        """True when a real IMAP server is configured; else the local Maildir transport."""
+        return bool(self.imap_host)
+
+    @property
+    def uses_smtp(self) -> bool:
+        """True when a real SMTP server is configured; else outgoing mail is written as .eml."""
+        return bool(self.smtp_host)
+
+    @property
+    def effective_database_url(self) -> str:
+        """INTROLOOP_DATABASE_URL, or a SQLite file under the data directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'introloop.db').resolve()}"
+
+    @property
+    def effective_imap_port(self) -> int:
+        """The IMAP port, defaulting by TLS mode."""
+        return self.imap_port or (993 if self.imap_tls == "ssl" else 143)
+
+    @property
+    def effective_smtp_port(self) -> int:
+        """The SMTP port, defaulting by TLS mode."""
+        return self.smtp_port or {"ssl": 465, "starttls": 587, "none": 25}[self.smtp_tls]
+
+    def secret_bytes(self) -> bytes:
+        """The token-signing secret; raises ConfigError when it is not set."""
+        if self.secret is None:
+            raise ConfigError([_missing_secret()])
+        return self.secret.get_secret_value().encode()
+
+
+def _missing_secret() -> str:
+    return (
+        "INTROLOOP_SECRET is not set: it signs reply tokens. Put a random value in .env, e.g. "
+        "the output of: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+    )
+
+
+def load_settings(
+    env_file: Path | str | None = ".env",
+    overrides: dict[str, Any] | None = None,
+    *,
+    defaults_file: Path | None = None,
+) -> Settings:
+    """Read the settings; raise ConfigError (one line per problem) when something is wrong.
+
+    ``overrides`` (field name → value) win over everything; the demo and the tests use them.
+    """
+    files: list[Path] = [defaults_file or config_dir() / "defaults.env"]
+    if env_file is not None and Path(env_file).is_file():
+        files.append(Path(env_file))
+    try:
+        return Settings(_env_file=tuple(files), **(overrides or {}))  # type: ignore[call-arg]
+    except ValidationError as exc:
+        raise ConfigError([_one_line(err) for err in exc.errors()]) from None
+
+
+def _one_line(err: Any) -> str:
+    field = str(err["loc"][0]) if err.get("loc") else "?"
+    var = ENV_PREFIX + field.upper()
+    if err["type"] == "missing":
+        hint = {
+            "address": "set it to the mailbox members BCC, e.g. referrals@your-network.example",
+        }.get(field, "set it in .env (see .env.example)")
+        return f"{var} is not set: {hint}"
+    msg = str(err.get("msg", "is invalid"))
+    msg = msg.removeprefix("Value error, ")
+    return f"{var} {msg}" if msg.startswith(("is ", "has ")) else f"{var}: {msg}"
+
+
+def require_for_run(settings: Settings) -> None:
+    """Checks that only matter when the service really runs (not for `inspect`)."""
+    problems: list[str] = []
+    if settings.secret is None:
+        problems.append(_missing_secret())
+    if settings.uses_imap and not settings.imap_user:
+        problems.append("INTROLOOP_IMAP_USER is not set: the login of the service mailbox")
+    if settings.uses_imap and settings.imap_password is None:
+        problems.append("INTROLOOP_IMAP_PASSWORD is not set: the service mailbox's password")
+    if settings.uses_smtp and settings.smtp_user and settings.smtp_password is None:
+        problems.append("INTROLOOP_SMTP_PASSWORD is not set while INTROLOOP_SMTP_USER is")
+    if problems:
+        raise ConfigError(problems)
