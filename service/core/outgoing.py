@@ -57,6 +57,18 @@ def stable_message_id(secret: bytes, key: str, kind: str, domain: str) -> str:
     return f"{kind_part}.{digest}@{domain}"
 
 
+_MINTED = re.compile(r"^[a-z0-9-]+\.[0-9a-f]{24}@(.+)$")
+
+
+def is_minted(message_id: str, domain: str) -> bool:
+    """True when `message_id` has the shape of one `stable_message_id` made for `domain`.
+
+    The domain alone is not enough: members often write from the network's own domain.
+    """
+    m = _MINTED.match(message_id.strip("<>").lower())
+    return bool(m) and m.group(1) == domain.lower()
+
+
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """Everything about an outgoing message except its rendered content."""
@@ -82,9 +94,12 @@ def build_message(env: Envelope, subject: str, text: str, html: str | None) -> E
     msg["Message-ID"] = safe(f"<{env.message_id}>", "Message-ID")
     if env.reply_to:
         msg["Reply-To"] = safe(env.reply_to, "Reply-To")
+    refs = [r for r in env.references if r != env.in_reply_to]
     if env.in_reply_to:
         msg["In-Reply-To"] = safe(f"<{env.in_reply_to}>", "In-Reply-To")
-        refs = [r for r in env.references if r != env.in_reply_to] + [env.in_reply_to]
+        refs.append(env.in_reply_to)
+    if refs:
+        # threads our message under the conversation the recipient already has
         msg["References"] = safe(" ".join(f"<{r}>" for r in refs[-10:]), "References")
     # RFC 3834: we are automatic; well-behaved auto-responders stay quiet
     msg["Auto-Submitted"] = env.auto_submitted

@@ -1,0 +1,264 @@
+"""The IMAP mailbox (imapclient): incremental UID fetch with BODY.PEEK, IDLE as a wake-up hint.
+
+- UIDs mean something only within one UIDVALIDITY; the loop stores both and starts over when
+  UIDVALIDITY changes.
+- `UID SEARCH UID n:*` always returns the highest UID even when it is below n (RFC 3501
+  §6.4.8), so results at or below the watermark are dropped.
+- BODY.PEEK[] does not set \\Seen: people may read the same mailbox.
+- Processed messages get the keyword `$Introloop` where the server allows keywords; the
+  database, not the flag, decides what has been processed.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Iterator
+from typing import Any
+
+import structlog
+from imapclient import IMAPClient
+from imapclient.exceptions import IMAPClientError, LoginError
+
+from service.ports import RawMail
+
+log = structlog.get_logger("introloop.imap")
+DONE_KEYWORD = b"$Introloop"
+FETCH_BATCH = 100
+
+
+class MailboxError(Exception):
+    """The mailbox cannot be reached or used; the message is one line naming the fix."""
+
+
+def tls_context(insecure: bool = False) -> ssl.SSLContext:
+    """A verifying TLS context (stdlib imaplib/smtplib default to *not* verifying)."""
+    ctx = ssl.create_default_context()
+    if insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class ImapMailbox:
+    """One folder of one IMAP account."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        user: str,
+        password: str,
+        *,
+        tls: str = "ssl",
+        folder: str = "INBOX",
+        name: str | None = None,
+        timeout: float = 60.0,
+        insecure: bool = False,
+    ):
+        self.host, self.port, self.user = host, port, user
+        self._password = password
+        self.tls, self.folder, self.timeout = tls, folder, timeout
+        self.name = name or f"{user}@{host}"
+        self._insecure = insecure
+        self._client: IMAPClient | None = None
+        self._uidvalidity: int | None = None
+        self._can_keyword = False
+        self._idling = False
+
+    # -- connection
+
+    def connect(self) -> IMAPClient:
+        """Connect, log in and select the folder (reusing a live connection)."""
+        if self._client is not None:
+            return self._client
+        where = f"IMAP {self.host}:{self.port} ({self.tls})"
+        try:
+            client = IMAPClient(
+                self.host,
+                port=self.port,
+                ssl=self.tls == "ssl",
+                ssl_context=tls_context(self._insecure) if self.tls != "none" else None,
+                timeout=self.timeout,
+            )
+            if self.tls == "starttls":
+                client.starttls(tls_context(self._insecure))
+        except (OSError, socket.timeout, ssl.SSLError, IMAPClientError) as exc:
+            raise MailboxError(
+                f"cannot reach {where}: {exc}; check INTROLOOP_IMAP_HOST/_PORT/_TLS"
+            ) from None
+        try:
+            client.login(self.user, self._password)
+        except LoginError as exc:
+            _close_quietly(client)
+            raise MailboxError(
+                f"{where} refused the login for {self.user}: {_text(exc)}; check "
+                "INTROLOOP_IMAP_USER/_PASSWORD (Gmail and Microsoft 365 need an app password or "
+                "OAuth)"
+            ) from None
+        try:
+            info = client.select_folder(self.folder)
+        except IMAPClientError as exc:
+            _close_quietly(client)
+            raise MailboxError(
+                f"{where}: folder {self.folder!r} cannot be opened ({_text(exc)}); check "
+                "INTROLOOP_IMAP_FOLDER"
+            ) from None
+        self._uidvalidity = int(info.get(b"UIDVALIDITY", 0)) or None
+        perm = info.get(b"PERMANENTFLAGS", ())
+        self._can_keyword = b"\\*" in perm or DONE_KEYWORD in perm
+        self._client = client
+        log.info("imap_connected", mailbox=self.name, folder=self.folder,
+                 uidvalidity=self._uidvalidity, idle=self.has_idle())
+        return client
+
+    def has_idle(self) -> bool:
+        """True when the server offers IDLE (RFC 2177)."""
+        return self._client is not None and self._client.has_capability("IDLE")
+
+    def close(self) -> None:
+        """Log out (quietly: the connection may already be gone)."""
+        client, self._client = self._client, None
+        if client is not None:
+            if self._idling:
+                try:
+                    client.idle_done()
+                except Exception:
+                    pass
+                self._idling = False
+            _close_quietly(client)
+
+    def _drop(self) -> None:
+        """Forget a broken connection; the next call reconnects."""
+        client, self._client, self._idling = self._client, None, False
+        if client is not None:
+            try:
+                client.shutdown()
+            except Exception:
+                pass
+
+    # -- Mailbox protocol
+
+    def uidvalidity(self) -> int | None:
+        """UIDVALIDITY of the selected folder (connects if needed)."""
+        self.connect()
+        return self._uidvalidity
+
+    def fetch_new(self, after_uid: int | None) -> Iterator[RawMail]:
+        """Every message with a UID above `after_uid`, oldest first, without setting \\Seen."""
+        client = self.connect()
+        after = after_uid or 0
+        try:
+            uids = sorted(u for u in client.search(["UID", f"{after + 1}:*"]) if u > after)
+        except (OSError, IMAPClientError) as exc:
+            self._drop()
+            raise MailboxError(f"IMAP search failed on {self.name}: {_text(exc)}") from None
+        for i in range(0, len(uids), FETCH_BATCH):
+            batch = uids[i : i + FETCH_BATCH]
+            try:
+                data = client.fetch(batch, ["BODY.PEEK[]"])
+            except (OSError, IMAPClientError) as exc:
+                self._drop()
+                raise MailboxError(f"IMAP fetch failed on {self.name}: {_text(exc)}") from None
+            for uid in batch:
+                item = data.get(uid) or {}
+                body = item.get(b"BODY[]")
+                if body is None:
+                    continue  # expunged between SEARCH and FETCH
+                yield RawMail(data=bytes(body), mailbox=self.name, folder=self.folder,
+                              uidvalidity=self._uidvalidity, uid=uid)
+
+    def mark_done(self, mail: RawMail) -> None:
+        """Add the `$Introloop` keyword (when the server keeps keywords)."""
+        if mail.uid is None or not self._can_keyword:
+            return
+        try:
+            self.connect().add_flags([mail.uid], [DONE_KEYWORD], silent=True)
+        except (OSError, IMAPClientError) as exc:
+            # harmless: the database already knows the message; the flag is for people
+            log.warning("imap_flag_failed", mailbox=self.name, uid=mail.uid, error=_text(exc))
+            self._drop()
+
+    def wait(self, timeout: float) -> bool:
+        """IDLE until the server reports something or `timeout` passes. True when woken.
+
+        IDLE is only a hint: the caller fetches by UID afterwards either way. An empty
+        idle_check can also mean the socket died, so any error drops the connection.
+        """
+        try:
+            client = self.connect()
+            if not self.has_idle():
+                return False
+            client.idle()
+            self._idling = True
+            try:
+                responses = client.idle_check(timeout=timeout)
+            finally:
+                self._idling = False
+                client.idle_done()
+            return bool(responses)
+        except (OSError, IMAPClientError, MailboxError) as exc:
+            log.warning("imap_idle_interrupted", mailbox=self.name, error=_text(exc))
+            self._drop()
+            return False
+
+    # -- Sent folder (so the operator sees what went out, and a resend can be avoided)
+
+    def sent_folder(self) -> str | None:
+        """The folder flagged \\Sent (RFC 6154), if any."""
+        try:
+            client = self.connect()
+            folder = client.find_special_folder(b"\\Sent")
+            return str(folder) if folder else None
+        except Exception:
+            return None
+
+    def append_sent(self, raw: bytes) -> bool:
+        """APPEND a sent message to the Sent folder, marked \\Seen. False when not possible."""
+        folder = self.sent_folder()
+        if folder is None:
+            return False
+        try:
+            self.connect().append(folder, raw, flags=[b"\\Seen"])
+            return True
+        except (OSError, IMAPClientError) as exc:
+            log.warning("imap_append_failed", folder=folder, error=_text(exc))
+            self._drop()
+            return False
+
+    def in_sent(self, message_id: str) -> bool:
+        """True when a message with this Message-ID is in the Sent folder."""
+        folder = self.sent_folder()
+        if folder is None:
+            return False
+        client = self.connect()
+        try:
+            client.select_folder(folder, readonly=True)
+            found = client.search(["HEADER", "Message-ID", f"<{message_id}>"])
+            return bool(found)
+        except (OSError, IMAPClientError):
+            self._drop()
+            return False
+        finally:
+            if self._client is not None:
+                try:
+                    self._client.select_folder(self.folder)
+                except Exception:
+                    self._drop()
+
+
+def _text(exc: BaseException) -> str:
+    text = str(exc)
+    if isinstance(exc, Exception) and text.startswith("b'"):
+        text = text[2:-1]
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def _close_quietly(client: Any) -> None:
+    try:
+        client.logout()
+    except Exception:
+        try:
+            client.shutdown()
+        except Exception:
+            pass

@@ -1,0 +1,109 @@
+"""The composition root: the only module that builds real adapters and wires them together."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+
+from service.adapters.db import make_engine, migrate
+from service.adapters.imap import ImapMailbox
+from service.adapters.local import FileSender, MaildirMailbox
+from service.adapters.smtp import SmtpSender
+from service.adapters.templates import Renderer
+from service.classifier_data import load_classifier
+from service.config import Settings
+from service.loop import Loop
+from service.ports import Mailbox, Sender
+
+
+class SystemClock:
+    """The real clock, in aware UTC."""
+
+    def now(self) -> datetime:
+        """Aware UTC now."""
+        return datetime.now(UTC)
+
+
+@dataclass
+class FrozenClock:
+    """A clock that moves only when told to (the demo's simulated time, and tests)."""
+
+    current: datetime
+
+    def now(self) -> datetime:
+        """The simulated now."""
+        return self.current
+
+    def advance(self, delta: timedelta) -> None:
+        """Move time forward."""
+        self.current = self.current + delta
+
+
+def local_paths(settings: Settings) -> tuple[Path, Path]:
+    """The embedded transport's inbound Maildir and outgoing .eml directory."""
+    return settings.data_dir / "maildir", settings.data_dir / "outgoing"
+
+
+def build_mailbox(settings: Settings) -> Mailbox:
+    """IMAP when INTROLOOP_IMAP_HOST is set, else the local Maildir."""
+    if settings.uses_imap:
+        assert settings.imap_host and settings.imap_user
+        return ImapMailbox(
+            settings.imap_host,
+            settings.effective_imap_port,
+            settings.imap_user,
+            settings.imap_password.get_secret_value() if settings.imap_password else "",
+            tls=settings.imap_tls,
+            folder=settings.imap_folder,
+        )
+    return MaildirMailbox(local_paths(settings)[0])
+
+
+def build_sender(settings: Settings) -> Sender:
+    """SMTP when INTROLOOP_SMTP_HOST is set, else .eml files under the data directory."""
+    if settings.uses_smtp:
+        assert settings.smtp_host
+        return SmtpSender(
+            settings.smtp_host,
+            settings.effective_smtp_port,
+            user=settings.smtp_user,
+            password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
+            tls=settings.smtp_tls,
+            local_hostname=settings.domain,
+        )
+    return FileSender(local_paths(settings)[1])
+
+
+def build_engine(settings: Settings, *, run_migrations: bool = True) -> Engine:
+    """The database engine, migrated to the newest schema."""
+    engine = make_engine(settings.effective_database_url)
+    if run_migrations:
+        migrate(engine)
+    return engine
+
+
+def build_loop(
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    mailbox: Mailbox | None = None,
+    sender: Sender | None = None,
+    clock: object | None = None,
+) -> Loop:
+    """A Loop with real adapters, unless some are handed in (the demo hands in a clock)."""
+    loop = Loop(
+        settings,
+        engine or build_engine(settings),
+        mailbox=mailbox if mailbox is not None else build_mailbox(settings),
+        sender=sender if sender is not None else build_sender(settings),
+        renderer=Renderer(settings.templates_dir),
+        classify=load_classifier().classify,
+        clock=clock or SystemClock(),  # type: ignore[arg-type]
+    )
+    mb = loop.mailbox
+    if isinstance(mb, ImapMailbox) and isinstance(loop.sender, SmtpSender):
+        loop.sent_copy = mb.append_sent
+    return loop

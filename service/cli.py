@@ -1,0 +1,601 @@
+"""The `introloop` command. Every sub-command has --help with an example.
+
+Expected failures (bad config, unreachable servers, bad input) print one line naming the problem
+and the fix, and exit 1 (2 for usage errors); they never print a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from service.adapters.db import DatabaseError
+from service.adapters.imap import MailboxError
+from service.adapters.templates import TemplateError
+from service.config import ConfigError, Settings, load_settings, require_for_run
+from service.logs import setup_logging
+from service.ports import PermanentFailure, TemporaryFailure
+
+F = TypeVar("F", bound=Callable[..., Any])
+EXPECTED = (ConfigError, DatabaseError, MailboxError, TemplateError, TemporaryFailure,
+            PermanentFailure)
+
+
+def friendly(func: F) -> F:
+    """Turn expected failures into one-line errors (exit 1) instead of tracebacks."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except EXPECTED as exc:
+            for line in str(exc).splitlines() or [type(exc).__name__]:
+                click.echo(f"error: {line}", err=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class Ctx:
+    """Shared CLI state: where the .env is, and lazily loaded settings."""
+
+    def __init__(self, env_file: str | None, verbose: bool):
+        self.env_file = env_file
+        self.verbose = verbose
+
+    def settings(self, **overrides: Any) -> Settings:
+        """Load settings (ConfigError if something is wrong)."""
+        return load_settings(self.env_file, overrides or None)
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+def _out(data: Any) -> None:
+    click.echo(json.dumps(data, ensure_ascii=False, default=str))
+
+
+@click.group(
+    epilog="Example:\n\n  introloop demo            # the whole loop, locally, no mail account\n\n"
+    "  introloop run --once      # one pass against the configured mailbox"
+)
+@click.option("--env-file", default=".env", show_default=True, help="Settings file to read.")
+@click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
+@click.version_option(package_name="introloop")
+@click.pass_context
+def main(ctx: click.Context, env_file: str, verbose: bool) -> None:
+    """Introloop closes the loop on introductions made by email.
+
+    Members BCC the service address on intro emails; Introloop asks both introduced people how
+    it went, reads their replies, thanks the right people and sends monthly summaries.
+    """
+    # `run` narrates its work at INFO; one-shot commands only log problems
+    quiet = ctx.invoked_subcommand != "run"
+    setup_logging("DEBUG" if verbose else ("WARNING" if quiet else None))
+    ctx.obj = Ctx(env_file, verbose)
+
+
+# ---------------------------------------------------------------------------------- demo
+
+
+@main.command(
+    epilog="Example:\n\n  introloop demo --dir /tmp/introloop-demo\n\n"
+    "Every email the demo sends is left as an .eml file under DIR/outgoing/."
+)
+@click.option("--dir", "directory", default="introloop-demo", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Where the demo's database, Maildir and sent .eml files go (emptied first).")
+@click.option("--json", "as_json", is_flag=True, help="Print the story as JSON lines.")
+@friendly
+def demo(directory: Path, as_json: bool) -> None:
+    """Run the whole loop on sample mail with a simulated clock: no mail account needed."""
+    from service.demo import run_demo
+
+    run_demo(directory, as_json=as_json)
+
+
+# ---------------------------------------------------------------------------------- run
+
+
+@main.command(
+    epilog="Examples:\n\n  introloop run            # keep running (IDLE + scheduler)\n\n"
+    "  introloop run --once     # one pass, for cron and tests\n\n"
+    "  introloop run --once --dry-run   # read and decide, send nothing"
+)
+@click.option("--once", is_flag=True,
+              help="One pass: fetch and process all new mail, send everything due, exit.")
+@click.option("--dry-run", is_flag=True,
+              help="With --once: do everything but send (outgoing mail is only queued).")
+@click.option("--json", "as_json", is_flag=True, help="With --once: print the pass as JSON.")
+@pass_ctx
+@friendly
+def run(ctx: Ctx, once: bool, dry_run: bool, as_json: bool) -> None:
+    """Run the service: read the mailbox, ask, read answers, thank, summarise."""
+    from service.app import build_loop
+
+    settings = ctx.settings()
+    require_for_run(settings)
+    loop = build_loop(settings)
+    if dry_run:
+        loop.sender = None
+    if once:
+        report = loop.run_once()
+        _print_report(report, as_json)
+        return
+    _run_forever(loop)
+
+
+def _print_report(report: Any, as_json: bool) -> None:
+    if as_json:
+        _out({"fetched": report.fetched, "processed": report.processed,
+              "queued": report.queued, "sent": report.sent, "failed": report.failed})
+        return
+    click.echo(f"fetched {report.fetched} message(s)")
+    for inbound_id, kind, reason in report.processed:
+        click.echo(f"  #{inbound_id} {kind}: {reason}")
+    for kind, to, _ in report.queued:
+        click.echo(f"  queued {kind} for {to}")
+    for kind, to, subject in report.sent:
+        click.echo(f"  sent {kind} to {to}: {subject}")
+    for kind, to, error in report.failed:
+        click.echo(f"  not sent {kind} to {to}: {error}")
+
+
+def _run_forever(loop: Any) -> None:
+    """IDLE on the mailbox in this thread; APScheduler ticks the outbound work."""
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    lock = threading.Lock()  # one unit of work at a time: inbound and outbound never overlap
+
+    def outbound() -> None:
+        with lock:
+            loop.send_due()
+            loop.queue_monthly_summaries()
+            loop.flush_outbox()
+
+    scheduler = BackgroundScheduler(timezone=loop.settings.zone)
+    # due dates live in our tables; the scheduler only ticks. Late ticks coalesce into one.
+    scheduler.add_job(outbound, "interval", seconds=60, id="outbound", coalesce=True,
+                      max_instances=1, misfire_grace_time=None, next_run_time=datetime.now())
+    scheduler.start()
+    poll = max(5.0, loop.settings.poll_interval.total_seconds())
+    backoff = 1.0
+    click.echo(f"introloop running on {loop.mailbox.name}; Ctrl-C to stop", err=True)
+    try:
+        while not stop.is_set():
+            try:
+                with lock:
+                    loop.fetch()
+                    loop.process_pending()
+                outbound()
+                backoff = 1.0
+            except (MailboxError, DatabaseError, TemporaryFailure) as exc:
+                click.echo(f"warning: {exc}; retrying in {backoff:.0f}s", err=True)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 300.0)
+                continue
+            # IDLE wakes us early when mail arrives; a catch-up fetch runs at least every `poll`
+            if not loop.mailbox.wait(min(poll, 30.0)) and not stop.is_set():
+                stop.wait(0 if getattr(loop.mailbox, "has_idle", lambda: False)() else poll)
+    finally:
+        scheduler.shutdown(wait=True)
+        loop.mailbox.close()
+        if loop.sender is not None:
+            loop.sender.close()
+
+
+# ---------------------------------------------------------------------------------- check
+
+
+@main.command(epilog="Example:\n\n  introloop check && introloop run")
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+@pass_ctx
+def check(ctx: Ctx, as_json: bool) -> None:
+    """Validate the settings and reach IMAP, SMTP and the database: one line per problem."""
+    from service.app import build_engine, build_mailbox, build_sender
+
+    results: list[tuple[str, bool, str]] = []
+    try:
+        settings = ctx.settings()
+        require_for_run(settings)
+        results.append(("settings", True, f"service address {settings.address}"))
+    except ConfigError as exc:
+        for p in exc.problems:
+            results.append(("settings", False, p))
+        _report_checks(results, as_json)
+        return
+    try:
+        from service.adapters.db import check_database
+
+        engine = build_engine(settings)
+        check_database(engine)
+        results.append(("database", True, engine.url.render_as_string(hide_password=True)))
+    except DatabaseError as exc:
+        results.append(("database", False, str(exc)))
+    try:
+        mb = build_mailbox(settings)
+        uv = mb.uidvalidity()
+        where = f"{settings.imap_host}:{settings.effective_imap_port}" if settings.uses_imap \
+            else "local Maildir (no IMAP configured)"
+        results.append(("imap", True, f"{where} folder {settings.imap_folder} uidvalidity {uv}"))
+        mb.close()
+    except MailboxError as exc:
+        results.append(("imap", False, str(exc)))
+    try:
+        sender = build_sender(settings)
+        if hasattr(sender, "check"):
+            sender.check()
+            results.append(("smtp", True, f"{settings.smtp_host}:{settings.effective_smtp_port}"))
+        else:
+            results.append(("smtp", True, "outgoing mail written as .eml (no SMTP configured)"))
+        sender.close()
+    except (TemporaryFailure, PermanentFailure) as exc:
+        results.append(("smtp", False, str(exc)))
+    _report_checks(results, as_json)
+
+
+def _report_checks(results: list[tuple[str, bool, str]], as_json: bool) -> None:
+    ok = all(r[1] for r in results)
+    if as_json:
+        _out({"ok": ok, "checks": [{"name": n, "ok": o, "detail": d} for n, o, d in results]})
+    else:
+        for name, good, detail in results:
+            click.echo(f"{'ok ' if good else 'ERR'} {name}: {detail}")
+    if not ok:
+        sys.exit(1)
+
+
+# ---------------------------------------------------------------------------------- inspect
+
+
+@main.command(
+    epilog="Examples:\n\n  introloop inspect intro.eml\n\n"
+    "  introloop inspect --json mail/*.eml | jq .kind"
+)
+@click.argument("files", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file.")
+@pass_ctx
+@friendly
+def inspect(ctx: Ctx, files: tuple[Path, ...], as_json: bool) -> None:
+    """Say what Introloop would make of each message file. Writes and sends nothing."""
+    from service.inspect import inspect_files
+
+    for result in inspect_files(ctx.settings(), files):
+        if as_json:
+            _out(result)
+        else:
+            click.echo(f"{result['file']}: {result['kind']}: {result['reason']}")
+            if result["parties"]:
+                click.echo(f"  referrer {result['referrer']}; parties "
+                           + ", ".join(p["email"] for p in result["parties"]))
+            if result["reply_text"] is not None and result["kind"] == "reply":
+                click.echo(f"  reply text: {result['reply_text']!r}")
+                click.echo(f"  outcome: {result['outcome']} ({result['confidence']})")
+
+
+# ---------------------------------------------------------------------------------- referrals
+
+
+@main.command(epilog="Example:\n\n  introloop referrals --json | jq '.[] | .outcome'")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@pass_ctx
+@friendly
+def referrals(ctx: Ctx, as_json: bool) -> None:
+    """List referrals with each party's status and answer."""
+    from service.queries import list_referrals
+
+    rows = list_referrals(ctx.settings())
+    if as_json:
+        _out(rows)
+        return
+    if not rows:
+        click.echo("no referrals yet")
+    for r in rows:
+        click.echo(f"#{r['id']} {r['introduced_at'][:10]} {r['referrer']} -> "
+                   f"{', '.join(p['email'] for p in r['parties'])}: {r['outcome']}")
+        for p in r["parties"]:
+            click.echo(f"    {p['email']}: {p['status']}"
+                       + (f" ({p['outcome']})" if p["outcome"] else ""))
+
+
+# ---------------------------------------------------------------------------------- summary
+
+
+@main.command(
+    epilog="Examples:\n\n  introloop summary --month 2026-10\n\n"
+    "  introloop summary --month 2026-10 --member alice@example.com --html alice.html\n\n"
+    "  introloop summary --month 2026-10 --send"
+)
+@click.option("--month", required=True, help="The month, as YYYY-MM.")
+@click.option("--member", default=None, help="Only this member's summary.")
+@click.option("--send", is_flag=True, help="Queue and send them (each at most once).")
+@click.option("--dry-run", is_flag=True, help="With --send: say what would be sent, send nothing.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the (first) summary's HTML to this file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summaries' data as JSON.")
+@pass_ctx
+@friendly
+def summary(ctx: Ctx, month: str, member: str | None, send: bool, dry_run: bool,
+            html_file: Path | None, as_json: bool) -> None:
+    """Preview, export or send members' monthly summaries."""
+    from service.app import build_loop
+    from service.core.summary import Month
+    from service.queries import summary_json
+
+    try:
+        m = Month.parse(month)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--month") from None
+    settings = ctx.settings()
+    require_for_run(settings)
+    loop = build_loop(settings)
+    if send and not dry_run:
+        report = loop.queue_summaries(m, member)
+        report.merge(loop.flush_outbox())
+        _print_report(report, as_json)
+        return
+    summaries = [s for s in loop.summaries(m, member) if s.has_activity]
+    if as_json:
+        _out([summary_json(s) for s in summaries])
+    if not summaries and not as_json:
+        click.echo(f"no member has anything to report for {m}")
+    for s in summaries:
+        rendered = loop.renderer.render("monthly_summary", {
+            "network": {"name": settings.network_name, "address": settings.address},
+            "recipient": s.member, "summary": s})
+        if html_file is not None:
+            html_file.write_text(rendered.html, encoding="utf-8")
+            click.echo(f"wrote {html_file}", err=True)
+            html_file = None
+        if not as_json:
+            verb = "would send" if dry_run else "preview"
+            click.echo(f"=== {verb}: {s.member.email}: {rendered.subject}")
+            click.echo(rendered.text)
+
+
+# ---------------------------------------------------------------------------------- members
+
+
+@main.group(epilog="Example:\n\n  introloop members add alice@example.com --name 'Alice Martin'")
+def members() -> None:
+    """Manage the members who may create referrals."""
+
+
+@members.command("add", epilog="Example:\n\n  introloop members add ann@x.com --name Ann "
+                 "--timezone Europe/Paris --alias ann.private@gmail.com")
+@click.argument("email")
+@click.option("--name", default="", help="Display name.")
+@click.option("--timezone", default=None, help="IANA timezone for their dates and summaries.")
+@click.option("--alias", "aliases", multiple=True, help="Another address of theirs (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Validate, change nothing.")
+@pass_ctx
+@friendly
+def members_add(ctx: Ctx, email: str, name: str, timezone: str | None,
+                aliases: tuple[str, ...], dry_run: bool) -> None:
+    """Add a member (or update their name, timezone and aliases)."""
+    from service.queries import add_member
+
+    click.echo(add_member(ctx.settings(), email, name, timezone, aliases, dry_run=dry_run))
+
+
+@members.command("remove", epilog="Example:\n\n  introloop members remove ann@x.com")
+@click.argument("email")
+@click.option("--dry-run", is_flag=True, help="Say what would be removed, change nothing.")
+@pass_ctx
+@friendly
+def members_remove(ctx: Ctx, email: str, dry_run: bool) -> None:
+    """Remove a member (their referrals stay)."""
+    from service.queries import remove_member
+
+    click.echo(remove_member(ctx.settings(), email, dry_run=dry_run))
+
+
+@members.command("list", epilog="Example:\n\n  introloop members list --json")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@pass_ctx
+@friendly
+def members_list(ctx: Ctx, as_json: bool) -> None:
+    """List members with their aliases."""
+    from service.queries import list_members
+
+    rows = list_members(ctx.settings())
+    if as_json:
+        _out(rows)
+        return
+    if not rows:
+        click.echo("no members yet: add one with `introloop members add EMAIL`")
+    for m in rows:
+        extra = f" aliases: {', '.join(m['aliases'])}" if m["aliases"] else ""
+        tz = f" ({m['timezone']})" if m["timezone"] else ""
+        click.echo(f"{m['email']} {m['name']}{tz}{extra}")
+
+
+# ---------------------------------------------------------------------------------- quarantine
+
+
+@main.group(epilog="Example:\n\n  introloop quarantine list")
+def quarantine() -> None:
+    """Messages that could not be processed, kept with their raw bytes and the reason."""
+
+
+@quarantine.command("list", epilog="Example:\n\n  introloop quarantine list --json")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@click.option("--all", "show_all", is_flag=True,
+              help="Also rejected senders and ignored mail, not only failures.")
+@pass_ctx
+@friendly
+def quarantine_list(ctx: Ctx, as_json: bool, show_all: bool) -> None:
+    """List quarantined messages (and, with --all, rejected and ignored ones)."""
+    from service.queries import list_quarantine
+
+    rows = list_quarantine(ctx.settings(), show_all=show_all)
+    if as_json:
+        _out(rows)
+        return
+    if not rows:
+        click.echo("quarantine is empty")
+    for r in rows:
+        click.echo(f"#{r['id']} {r['received_at'][:16]} {r['status']}/{r['kind'] or '-'} "
+                   f"from {r['sender'] or '?'}: {r['reason']}")
+
+
+@quarantine.command("show", epilog="Example:\n\n  introloop quarantine show 12 --raw > m.eml")
+@click.argument("message_id", type=int)
+@click.option("--raw", is_flag=True, help="Print the raw message bytes.")
+@pass_ctx
+@friendly
+def quarantine_show(ctx: Ctx, message_id: int, raw: bool) -> None:
+    """Show one stored message: its reason and headers (or its raw bytes)."""
+    from service.queries import show_inbound
+
+    data = show_inbound(ctx.settings(), message_id)
+    if data is None:
+        raise click.ClickException(f"no stored message #{message_id}")
+    if raw:
+        sys.stdout.buffer.write(data["raw"])
+        return
+    for key in ("id", "status", "kind", "reason", "sender", "subject", "message_id", "size",
+                "received_at"):
+        click.echo(f"{key}: {data[key]}")
+
+
+@quarantine.command(
+    "retry", epilog="Examples:\n\n  introloop quarantine retry 12\n\n  introloop quarantine retry --all"
+)
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--all", "retry_all", is_flag=True, help="Retry every quarantined message.")
+@click.option("--dry-run", is_flag=True, help="Say what would be retried.")
+@pass_ctx
+@friendly
+def quarantine_retry(ctx: Ctx, ids: tuple[int, ...], retry_all: bool, dry_run: bool) -> None:
+    """Process quarantined messages again (after a fix), with progress."""
+    from service.app import build_loop
+    from service.queries import quarantined_ids
+
+    settings = ctx.settings()
+    require_for_run(settings)
+    targets = list(ids) or (quarantined_ids(settings) if retry_all else [])
+    if not targets:
+        raise click.UsageError("name message ids, or --all")
+    if dry_run:
+        click.echo("would retry: " + ", ".join(f"#{i}" for i in targets))
+        return
+    from service.queries import requeue_inbound
+
+    loop = build_loop(settings)
+
+    with click.progressbar(targets, label="retrying", file=sys.stderr) as bar:
+        for i in bar:
+            requeue_inbound(loop, i)
+            kind, reason = loop.process_one(i)
+            click.echo(f"\n#{i} {kind}: {reason}")
+    report = loop.send_due()
+    report.merge(loop.flush_outbox())
+    _print_report(report, False)
+
+
+# ---------------------------------------------------------------------------------- outbox
+
+
+@main.group(invoke_without_command=True,
+            epilog="Examples:\n\n  introloop outbox\n\n  introloop outbox --json\n\n"
+            "  introloop outbox retry 42")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@click.option("--status", default=None, help="Only rows with this status (pending/sent/failed).")
+@click.pass_context
+@friendly
+def outbox(cctx: click.Context, as_json: bool, status: str | None) -> None:
+    """List outgoing messages: pending, sent and failed, with reasons."""
+    if cctx.invoked_subcommand is not None:
+        return
+    from service.queries import list_outbox
+
+    rows = list_outbox(cctx.obj.settings(), status)
+    if as_json:
+        _out(rows)
+        return
+    if not rows:
+        click.echo("outbox is empty")
+    for r in rows:
+        err = f" ({r['last_error']})" if r["last_error"] else ""
+        click.echo(f"#{r['id']} {r['status']:<8} {r['kind']:<20} {r['to']}: {r['subject']}{err}")
+
+
+@outbox.command("retry", epilog="Example:\n\n  introloop outbox retry 42")
+@click.argument("outbox_id", type=int)
+@click.option("--dry-run", is_flag=True, help="Say what would be re-queued.")
+@pass_ctx
+@friendly
+def outbox_retry(ctx: Ctx, outbox_id: int, dry_run: bool) -> None:
+    """Re-queue a failed message (it keeps its Message-ID)."""
+    from service.queries import retry_outbox
+
+    click.echo(retry_outbox(ctx.settings(), outbox_id, dry_run=dry_run))
+
+
+# ---------------------------------------------------------------------------------- review
+
+
+@main.command(
+    epilog="Examples:\n\n  introloop review                 # list unclear replies\n\n"
+    "  introloop review 7 positive       # settle reply #7"
+)
+@click.argument("reply_id", type=int, required=False)
+@click.argument("verdict", type=click.Choice(["positive", "negative", "pending", "optout"]),
+                required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the unclear replies as JSON.")
+@click.option("--dry-run", is_flag=True, help="Say what settling would do, change nothing.")
+@pass_ctx
+@friendly
+def review(ctx: Ctx, reply_id: int | None, verdict: str | None, as_json: bool,
+           dry_run: bool) -> None:
+    """List replies waiting for a person, or settle one (same effect as an automatic verdict)."""
+    from service.core.model import Outcome
+    from service.queries import list_unclear
+
+    settings = ctx.settings()
+    if reply_id is None:
+        rows = list_unclear(settings)
+        if as_json:
+            _out(rows)
+            return
+        if not rows:
+            click.echo("no replies are waiting for a person")
+        for r in rows:
+            click.echo(f"#{r['id']} {r['from']} about referral #{r['referral_id']}: "
+                       f"{r['text']!r} ({r['rule']})")
+        return
+    if verdict is None:
+        raise click.UsageError("give a verdict: positive, negative, pending or optout")
+    if dry_run:
+        click.echo(f"would settle reply #{reply_id} as {verdict}")
+        return
+    from service.app import build_loop
+
+    require_for_run(settings)
+    loop = build_loop(settings)
+    with loop.session() as s:
+        _, reason = loop.settle(s, reply_id, Outcome(verdict), "cli")
+    click.echo(reason)
+    _print_report(loop.flush_outbox(), False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""Read one inbound message: what it is, why, and (for replies) what it says. Pure.
+
+The order is a rule table, each step with its reason, as `introloop inspect` prints it:
+
+1. automatic mail (bounces, auto-replies, lists, our own loops)   -> bounce / autoreply / ignored
+2. a signed token in a delivery address, or a reference to a
+   Message-ID we minted                                           -> reply (to a known request)
+3. an intro from an authorised sender to two or more people       -> intro
+4. not from a member, and the text reads as an answer             -> reply (request unknown)
+5. anything else                                                  -> ignored / rejected
+
+The database-backed pipeline adds one more matching step (the sender's open request) that a
+pure reading cannot know.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+
+from service.core import headers as h
+from service.core.body import parse_message
+from service.core.intro import IntroVerdict, Senders, parse_intro
+from service.core.model import Classification, Kind, Outcome, Person, Screening
+from service.core.outgoing import is_minted
+from service.core.replytext import ReplyText, extract_reply
+from service.core.screening import screen
+from service.core.tokens import Token, tokens_in
+
+Classify = Callable[[str], Classification]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadContext:
+    """What reading needs besides the message: who we are, who may write, how to classify."""
+
+    service_address: str
+    senders: Senders
+    classify: Classify
+    secret: bytes | None = None
+    extra_addresses: tuple[str, ...] = ()  # other addresses that are the service too
+
+    @property
+    def own_addresses(self) -> tuple[str, ...]:
+        """Every address that is the service itself."""
+        return (self.service_address, *self.extra_addresses)
+
+    @property
+    def domain(self) -> str:
+        """The domain our Message-IDs are minted in."""
+        return self.service_address.rsplit("@", 1)[1]
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """Everything the core concluded about one message."""
+
+    kind: Kind
+    reason: str
+    message_id: str | None
+    sender: Person | None
+    subject: str
+    referrer: Person | None = None
+    parties: tuple[Person, ...] = ()
+    tokens: tuple[Token, ...] = ()
+    our_references: tuple[str, ...] = ()
+    reply: ReplyText | None = None
+    classification: Classification | None = None
+    screening: Screening | None = None
+    intro: IntroVerdict | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def outcome(self) -> Outcome | None:
+        """The classified outcome, for replies."""
+        return self.classification.outcome if self.classification else None
+
+
+def read_bytes(raw: bytes, ctx: ReadContext, *, sent_texts: Sequence[str] = ()) -> Reading:
+    """Parse `raw` and read it (see `read`)."""
+    return read(parse_message(raw), raw, ctx, sent_texts=sent_texts)
+
+
+def read(
+    msg: EmailMessage, raw: bytes, ctx: ReadContext, *, sent_texts: Sequence[str] = ()
+) -> Reading:
+    """Classify one message. `sent_texts` are our own texts it may quote (to strip them)."""
+    mid = h.message_id(msg)
+    who = h.sender(msg)
+    subject = h.header(msg, "Subject")
+    base = {"message_id": mid, "sender": who, "subject": subject}
+
+    screening = screen(msg, raw, own_addresses=ctx.own_addresses, own_domain=ctx.domain)
+    if screening is not None:
+        return Reading(kind=screening.kind, reason=screening.reason, screening=screening, **base)
+
+    tokens = (
+        tuple(tokens_in(h.recipients_seen(msg), ctx.service_address, ctx.secret))
+        if ctx.secret
+        else ()
+    )
+    ours = tuple(r for r in h.references(msg) if is_minted(r, ctx.domain))
+    if tokens or ours:
+        reply, verdict = _read_reply(msg, ctx, tokens, sent_texts)
+        how = f"token {tokens[0].id}{tokens[0].kind}" if tokens else f"references <{ours[0]}>"
+        return Reading(
+            kind=Kind.REPLY,
+            reason=f"reply matched by {how}; read as {verdict.outcome} ({verdict.rule})",
+            tokens=tokens,
+            our_references=ours,
+            reply=reply,
+            classification=verdict,
+            **base,
+        )
+
+    intro = parse_intro(msg, service_addresses=ctx.own_addresses, senders=ctx.senders)
+    if intro.kind is Kind.INTRO:
+        return Reading(
+            kind=Kind.INTRO,
+            reason=intro.reason,
+            referrer=intro.referrer,
+            parties=intro.parties,
+            intro=intro,
+            **base,
+        )
+
+    is_member = who is not None and ctx.senders.member_for(who.email) is not None
+    reply, verdict = _read_reply(msg, ctx, (), sent_texts)
+    if not is_member and verdict.outcome is not Outcome.UNCLEAR:
+        return Reading(
+            kind=Kind.REPLY,
+            reason=f"reads as an answer ({verdict.outcome}, {verdict.rule}) but names no request",
+            reply=reply,
+            classification=verdict,
+            intro=intro,
+            **base,
+        )
+    return Reading(
+        kind=intro.kind,
+        reason=intro.reason,
+        referrer=intro.referrer,
+        parties=intro.parties,
+        reply=reply,
+        classification=verdict,
+        intro=intro,
+        **base,
+    )
+
+
+def _read_reply(
+    msg: EmailMessage, ctx: ReadContext, tokens: Sequence[Token], sent_texts: Sequence[str]
+) -> tuple[ReplyText, Classification]:
+    reply = extract_reply(msg, sent_texts=sent_texts)
+    answer = next((t.answer for t in tokens if t.answer is not None), None)
+    if answer is not None:
+        # a one-click answer: the address says it all; any text is kept as a comment
+        return reply, Classification(answer, 1.0, f"one-click:{answer.value}")
+    return reply, ctx.classify(reply.text)
+
+
+def own_addresses(service_address: str, extra: Collection[str] = ()) -> tuple[str, ...]:
+    """The service address plus any extra addresses, lowercased."""
+    return tuple(a.lower() for a in (service_address, *extra))

@@ -1,0 +1,242 @@
+"""The whole loop on the embedded transport (Maildir in, .eml out) with a frozen clock.
+
+A conversation test: an intro goes in, requests come out, replies go in, the right thanks,
+appreciation and lessons come out, and nothing is ever sent twice.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes, policy
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+from service.adapters.local import MaildirMailbox
+from service.adapters.tables import Inbound, Outbox, Party, Reply, Suppression
+from service.app import FrozenClock, build_loop
+from service.config import load_settings
+from service.core.summary import Month
+from service.loop import Loop
+from service.queries import add_member
+
+START = datetime(2026, 10, 5, 9, 0, tzinfo=UTC)
+INTRO = """From: Alice Martin <alice@example.com>
+To: Bob Chen <bob@acme.example>, Carol <carol@studio.example>
+Subject: Intro: Bob <> Carol
+Date: Mon, 05 Oct 2026 09:00:00 +0000
+Message-ID: <intro-{n}@example.com>
+Content-Type: text/plain; charset="utf-8"
+
+Bob, meet Carol.
+"""
+
+
+def settings(tmp: Path, **over):
+    values = {
+        "address": "referrals@network.example", "network_name": "Test Network",
+        "operator": "ops@network.example", "secret": "x" * 32, "data_dir": tmp,
+        "database_url": None, "imap_host": None, "smtp_host": None,
+        "feedback_delay": "3d", "reminder_delay": "4d", "max_reminders": 1,
+        "pending_recheck": "14d", "timezone": "UTC", "quiet_hours": "", "allow_senders": "",
+    }
+    values.update(over)
+    return load_settings(None, values)
+
+
+@pytest.fixture
+def world(tmp_path: Path):
+    st = settings(tmp_path)
+    clock = FrozenClock(START)
+    loop = build_loop(st, clock=clock)
+    add_member(st, "alice@example.com", "Alice Martin", None, ())
+    return loop, clock
+
+
+def deliver(loop: Loop, raw: str) -> None:
+    assert isinstance(loop.mailbox, MaildirMailbox)
+    loop.mailbox.deliver(raw.replace("\n", "\r\n").encode())
+
+
+def outbox(loop: Loop) -> list[Outbox]:
+    with loop.session() as s:
+        return list(s.exec(select(Outbox).order_by(Outbox.id)))
+
+
+def request_to(loop: Loop, email: str) -> Outbox:
+    return next(o for o in reversed(outbox(loop)) if o.to_email == email
+                and o.kind in ("feedback_request", "recheck", "reminder"))
+
+
+def reply(loop: Loop, to_row: Outbox, sender: str, text: str, n: int = 0, **extra: str) -> str:
+    msg = message_from_bytes(to_row.raw, policy=policy.default)
+    headers = {"From": sender, "To": str(msg["Reply-To"]), "Subject": "Re: " + to_row.subject,
+               "Message-ID": f"<r{n}-{to_row.id}@reply.example>",
+               "In-Reply-To": f"<{to_row.message_id}>", **extra}
+    head = "".join(f"{k}: {v}\n" for k, v in headers.items())
+    quoted = "\n".join("> " + line for line in msg.get_body(("plain",)).get_content().splitlines())
+    return f"{head}Content-Type: text/plain; charset=utf-8\n\n{text}\n\nOn Monday, Test Network wrote:\n{quoted}\n"
+
+
+def sent_kinds(loop: Loop) -> list[tuple[str, str]]:
+    return [(o.kind, o.to_email) for o in outbox(loop) if o.status == "sent"]
+
+
+def test_full_conversation(world) -> None:
+    loop, clock = world
+    deliver(loop, INTRO.format(n=1))
+    r = loop.run_once()
+    assert [k for _, k, _ in r.processed] == ["intro"]
+    assert r.sent == []  # the feedback delay has not passed
+
+    clock.advance(timedelta(days=3))
+    loop.run_once()
+    assert sorted(sent_kinds(loop)) == [("feedback_request", "bob@acme.example"),
+                                        ("feedback_request", "carol@studio.example")]
+    # the request threads under the intro and carries the party's token and an unsubscribe
+    req = message_from_bytes(request_to(loop, "bob@acme.example").raw, policy=policy.default)
+    assert req["References"] == "<intro-1@example.com>"
+    assert str(req["Reply-To"]).startswith("referrals+")
+    assert req["List-Unsubscribe"].startswith("<mailto:referrals+")
+    assert req["Auto-Submitted"] == "auto-generated"
+
+    clock.advance(timedelta(hours=2))
+    deliver(loop, reply(loop, request_to(loop, "bob@acme.example"), "Bob Chen <bob@acme.example>",
+                        "It went really well, we signed a contract!"))
+    deliver(loop, reply(loop, request_to(loop, "carol@studio.example"), "carol@studio.example",
+                        "Nice guy, but no budget this year, so it did not work out."))
+    loop.run_once()
+    assert sorted(sent_kinds(loop))[2:] == sorted([
+        ("thanks_positive", "bob@acme.example"), ("appreciation", "alice@example.com"),
+        ("thanks_negative", "carol@studio.example"), ("lessons", "alice@example.com"),
+    ]) or set(sent_kinds(loop)) >= {
+        ("thanks_positive", "bob@acme.example"), ("appreciation", "alice@example.com"),
+        ("thanks_negative", "carol@studio.example"), ("lessons", "alice@example.com")}
+    appreciation = next(o for o in outbox(loop) if o.kind == "appreciation")
+    body = message_from_bytes(appreciation.raw, policy=policy.default)
+    assert "we signed a contract" in body.get_body(("plain",)).get_content()
+    lessons = next(o for o in outbox(loop) if o.kind == "lessons")
+    text = message_from_bytes(lessons.raw, policy=policy.default).get_body(("plain",)).get_content()
+    assert "no budget" in text and "Not every referral lands" in text
+
+    before = len(outbox(loop))
+    for _ in range(3):
+        clock.advance(timedelta(days=5))
+        loop.run_once()
+    assert len(outbox(loop)) == before  # answered parties get no reminders, nothing twice
+
+
+def test_words_in_the_quoted_request_do_not_decide(world) -> None:
+    loop, clock = world
+    deliver(loop, INTRO.format(n=2))
+    loop.run_once()
+    clock.advance(timedelta(days=3))
+    loop.run_once()
+    # "it went well" appears only in the quoted request's one-click links: not an answer
+    deliver(loop, reply(loop, request_to(loop, "bob@acme.example"), "bob@acme.example",
+                        "Who are you?"))
+    loop.run_once()
+    with loop.session() as s:
+        r = s.exec(select(Reply)).one()
+    assert r.outcome == "unclear"
+    assert ("unclear_review", "ops@network.example") in sent_kinds(loop)
+
+
+def test_reminder_then_no_response_and_autoreply_ignored(world) -> None:
+    loop, clock = world
+    deliver(loop, INTRO.format(n=3))
+    loop.run_once()
+    clock.advance(timedelta(days=3))
+    loop.run_once()
+    req = request_to(loop, "bob@acme.example")
+    ooo = reply(loop, req, "bob@acme.example", "I am out of the office until Monday.",
+                **{"Auto-Submitted": "auto-replied", "Subject": "Automatic reply: hi"})
+    deliver(loop, ooo)
+    r = loop.run_once()
+    assert [k for _, k, _ in r.processed] == ["autoreply"] and r.sent == []
+    clock.advance(timedelta(days=4))
+    r = loop.run_once()
+    assert sorted(k for k, _, _ in r.sent) == ["reminder", "reminder"]
+    clock.advance(timedelta(days=4))
+    r = loop.run_once()
+    assert r.sent == []
+    with loop.session() as s:
+        assert {p.status for p in s.exec(select(Party))} == {"noresponse"}
+
+
+def test_one_click_optout_is_forever(world) -> None:
+    loop, clock = world
+    deliver(loop, INTRO.format(n=4))
+    loop.run_once()
+    clock.advance(timedelta(days=3))
+    loop.run_once()
+    req = message_from_bytes(request_to(loop, "bob@acme.example").raw, policy=policy.default)
+    stop_addr = str(req["List-Unsubscribe"]).split("mailto:")[1].split("?")[0]
+    deliver(loop, f"From: bob@acme.example\nTo: {stop_addr}\nSubject: stop\n"
+                  "Message-ID: <stop-1@acme.example>\n\n")
+    loop.run_once()
+    with loop.session() as s:
+        assert s.get(Suppression, "bob@acme.example").reason == "optout"
+    assert ("optout_confirmation", "bob@acme.example") in sent_kinds(loop)
+    # a new intro involving Bob never mails him again
+    deliver(loop, INTRO.format(n=5))
+    for _ in range(4):
+        clock.advance(timedelta(days=3))
+        loop.run_once()
+    to_bob = [k for k, to in sent_kinds(loop) if to == "bob@acme.example"]
+    assert to_bob == ["feedback_request", "optout_confirmation"]
+
+
+def test_same_intro_twice_is_one_referral_and_duplicates_are_skipped(world) -> None:
+    loop, _ = world
+    deliver(loop, INTRO.format(n=6))
+    deliver(loop, INTRO.format(n=6))  # the same bytes twice (a re-sync)
+    deliver(loop, INTRO.format(n=6).replace("Subject:", "X-Extra: 1\nSubject:"))  # same id
+    r = loop.run_once()
+    assert r.fetched == 3
+    assert [k for _, k, _ in r.processed] == ["intro", "ignored"]
+    with loop.session() as s:
+        assert len(s.exec(select(Inbound)).all()) == 2
+
+
+def test_quarantine_keeps_going(world, monkeypatch) -> None:
+    loop, _ = world
+    real = loop.classify
+
+    def broken(text: str):
+        if "explode" in text:
+            raise RuntimeError("classifier exploded")
+        return real(text)
+
+    loop.classify = broken
+    deliver(loop, "From: x@y.example\nTo: referrals@network.example\nSubject: hi\n"
+                  "Message-ID: <q1@y.example>\n\nexplode please\n")
+    deliver(loop, INTRO.format(n=7))
+    r = loop.run_once()
+    assert [k for _, k, _ in r.processed] == ["quarantined", "intro"]
+    with loop.session() as s:
+        q = s.exec(select(Inbound).where(Inbound.status == "quarantined")).one()
+    assert "classifier exploded" in q.reason and q.raw.startswith(b"From: x@y.example")
+
+
+def test_monthly_summary_sent_once(world) -> None:
+    loop, clock = world
+    deliver(loop, INTRO.format(n=8))
+    loop.run_once()
+    clock.advance(timedelta(days=3))
+    loop.run_once()
+    deliver(loop, reply(loop, request_to(loop, "bob@acme.example"), "bob@acme.example",
+                        "Yes! Great call.", n=1))
+    loop.run_once()
+    clock.current = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)  # before the summary hour
+    assert not [k for k, _, _ in loop.run_once().sent if k == "monthly_summary"]
+    clock.current = datetime(2026, 11, 1, 9, 30, tzinfo=UTC)
+    sent = [k for k, _, _ in loop.run_once().sent]
+    assert sent.count("monthly_summary") == 1
+    clock.advance(timedelta(hours=5))
+    assert "monthly_summary" not in [k for k, _, _ in loop.run_once().sent]
+    assert loop.queue_summaries(Month(2026, 10)).queued == []  # --send again: still once
+    summary = next(o for o in outbox(loop) if o.kind == "monthly_summary")
+    text = message_from_bytes(summary.raw, policy=policy.default).get_body(("plain",)).get_content()
+    assert "October 2026" in text and "worked" in text
