@@ -261,6 +261,27 @@ def _report_checks(results: list[tuple[str, bool, str]], as_json: bool) -> None:
         sys.exit(1)
 
 
+# ---------------------------------------------------------------------------------- health
+
+
+@main.command(epilog="Example (Docker HEALTHCHECK):\n\n  introloop health || echo unhealthy")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@pass_ctx
+def health(ctx: Ctx, as_json: bool) -> None:
+    """Exit 0 when the worker completed a cycle recently, 1 (and say why) when it did not."""
+    from service.health import health_problems
+
+    try:
+        problems = health_problems(ctx.settings())
+    except (ConfigError, DatabaseError) as exc:
+        problems = [str(exc).splitlines()[0]]
+    if as_json:
+        _out({"ok": not problems, "problems": problems})
+    else:
+        click.echo("healthy" if not problems else "\n".join(f"unhealthy: {p}" for p in problems))
+    sys.exit(1 if problems else 0)
+
+
 # ---------------------------------------------------------------------------------- inspect
 
 
