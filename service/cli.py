@@ -498,7 +498,8 @@ def quarantine_show(ctx: Ctx, message_id: int, raw: bool) -> None:
 
 
 @quarantine.command(
-    "retry", epilog="Examples:\n\n  introloop quarantine retry 12\n\n  introloop quarantine retry --all"
+    "retry",
+    epilog="Examples:\n\n  introloop quarantine retry 12\n\n  introloop quarantine retry --all",
 )
 @click.argument("ids", nargs=-1, type=int)
 @click.option("--all", "retry_all", is_flag=True, help="Retry every quarantined message.")

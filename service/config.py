@@ -26,7 +26,7 @@ _EMAIL = re.compile(r"^[^@\s<>\"',;]+@[^@\s<>\"',;]+\.[^@\s<>\"',;]+$")
 
 
 class ConfigError(Exception):
-    """A setting is missing or malformed. ``str(e)`` is one line per problem, naming the variable."""
+    """A setting is missing or malformed; ``str(e)`` has one line per problem, naming it."""
 
     def __init__(self, problems: list[str]):
         self.problems = problems

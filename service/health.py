@@ -1,4 +1,4 @@
-"""Health: "a recent successful cycle", read from heartbeats in the database, not "process alive"."""
+"""Health means "a recent successful cycle", read from heartbeats: not "the process is alive"."""
 
 from __future__ import annotations
 

@@ -77,7 +77,7 @@ def describe_db_error(engine: Engine, exc: BaseException) -> str:
     text = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc) else repr(exc)
     if "readonly" in text or "read-only" in text:
         return f"database {url} is read-only: {text}; give the service write access to it"
-    if "disk" in text and "full" in text or "No space" in text:
+    if ("disk" in text and "full" in text) or "No space" in text:
         return f"database {url}: disk full ({text}); free space on its volume"
     if "unable to open" in text:
         return f"cannot open database {url}: {text}; check INTROLOOP_DATA_DIR / DATABASE_URL"

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import socket
 import ssl
 from collections.abc import Iterator
 from typing import Any
@@ -83,7 +82,7 @@ class ImapMailbox:
             )
             if self.tls == "starttls":
                 client.starttls(tls_context(self._insecure))
-        except (OSError, socket.timeout, ssl.SSLError, IMAPClientError) as exc:
+        except (TimeoutError, OSError, ssl.SSLError, IMAPClientError) as exc:
             raise MailboxError(
                 f"cannot reach {where}: {exc}; check INTROLOOP_IMAP_HOST/_PORT/_TLS"
             ) from None

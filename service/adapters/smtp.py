@@ -7,7 +7,6 @@ passed (see `imap.tls_context`).
 from __future__ import annotations
 
 import smtplib
-import socket
 import ssl
 
 import structlog
@@ -62,7 +61,7 @@ class SmtpSender:
                 f"{where} refused the login for {self.user}: {exc.smtp_code} "
                 f"{_decode(exc.smtp_error)}; check INTROLOOP_SMTP_USER/_PASSWORD"
             ) from None
-        except (OSError, socket.timeout, ssl.SSLError, smtplib.SMTPException) as exc:
+        except (TimeoutError, OSError, ssl.SSLError, smtplib.SMTPException) as exc:
             raise TemporaryFailure(
                 f"cannot reach {where}: {exc}; check INTROLOOP_SMTP_HOST/_PORT/_TLS"
             ) from None
@@ -100,7 +99,7 @@ class SmtpSender:
         """Connect and say hello (for `introloop check`); raises like send()."""
         conn = self.connect()
         try:
-            code, msg = conn.noop()
+            code, _ = conn.noop()
         except (OSError, smtplib.SMTPException) as exc:
             self.close()
             raise TemporaryFailure(f"SMTP {self.host}:{self.port} stopped answering: {exc}") \

@@ -50,7 +50,7 @@ def headers(msg: Message, name: str) -> list[str]:
 
 def _raw_items(msg: Message) -> list[tuple[str, str]]:
     try:
-        return [(k, v if isinstance(v, str) else str(v)) for k, v in msg._headers]  # noqa: SLF001
+        return [(k, v if isinstance(v, str) else str(v)) for k, v in msg._headers]
     except Exception:
         return []
 

@@ -63,7 +63,7 @@ class Senders:
         for rule in self.allow:
             if rule == "*":
                 return "allow:*"
-            if rule == address or rule == domain:
+            if rule in (address, domain):
                 return f"allow:{rule}"
         return None
 

@@ -1,0 +1,175 @@
+"""Shared state and helpers of the loop: sessions, events, party state, applying a step."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from service.adapters.tables import (
+    Heartbeat,
+    Party,
+    Referral,
+    Reply,
+    Suppression,
+)
+from service.adapters.templates import Renderer
+from service.config import Settings
+from service.core.decide import (
+    ACTIVE,
+    PartyState,
+    PartyStatus,
+    Policy,
+    Step,
+)
+from service.core.model import Outcome, Person
+from service.core.reader import Classify
+from service.ports import Clock, Mailbox, Sender
+
+log = structlog.get_logger("introloop")
+
+# Kinds of outgoing mail that carry a party's token and count as asking them.
+REQUEST_KINDS = frozenset({"feedback_request", "reminder", "recheck"})
+OPERATOR_VERDICTS = {"positive": Outcome.POSITIVE, "negative": Outcome.NEGATIVE,
+                     "pending": Outcome.PENDING, "optout": Outcome.OPTOUT, "stop": Outcome.OPTOUT,
+                     "yes": Outcome.POSITIVE, "no": Outcome.NEGATIVE}
+MAX_INBOUND_BYTES = 25 * 1024 * 1024
+SEND_LEASE = timedelta(minutes=10)
+
+@dataclass
+class PassReport:
+    """What one pass of the loop did, for the CLI and the demo's story."""
+
+    fetched: int = 0
+    # (inbound id, kind, reason)
+    processed: list[tuple[int, str, str]] = field(default_factory=list)
+    queued: list[tuple[str, str, str]] = field(default_factory=list)  # (kind, to, key)
+    sent: list[tuple[str, str, str]] = field(default_factory=list)  # (kind, to, subject)
+    failed: list[tuple[str, str, str]] = field(default_factory=list)  # (kind, to, error)
+
+    def merge(self, other: PassReport) -> None:
+        """Add another report's lines to this one."""
+        self.fetched += other.fetched
+        self.processed += other.processed
+        self.queued += other.queued
+        self.sent += other.sent
+        self.failed += other.failed
+
+
+def content_hash(raw: bytes) -> str:
+    """The dedupe key of a message's exact bytes."""
+    return hashlib.sha256(raw).hexdigest()
+
+
+class LoopBase:
+    """What every part of the loop shares (set up by `Loop.__init__`)."""
+
+    settings: Settings
+    engine: Engine
+    mailbox: Mailbox | None
+    sender: Sender | None
+    renderer: Renderer
+    classify: Classify
+    clock: Clock
+    secret: bytes
+    policy: Policy
+    service: Person
+    on_event: Callable[[str, dict[str, Any]], None] | None
+    sent_copy: Callable[[bytes], object] | None
+
+    # ------------------------------------------------------------------ plumbing
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session whose transaction commits on success and rolls back on error."""
+        with Session(self.engine, expire_on_commit=False) as s, s.begin():
+            yield s
+
+    def _event(self, name: str, **data: Any) -> None:
+        log.info(name, **data)
+        if self.on_event is not None:
+            self.on_event(name, data)
+
+    def _beat(self, s: Session, name: str, detail: str = "") -> None:
+        row = s.get(Heartbeat, name)
+        now = self.clock.now()
+        if row is None:
+            s.add(Heartbeat(name=name, at=now, detail=detail))
+        else:
+            row.at, row.detail = now, detail
+
+
+    # ------------------------------------------------------------------ state helpers
+
+    def _operator(self) -> Person | None:
+        return Person(self.settings.operator, "Operator") if self.settings.operator else None
+
+    def _suppressed(self, s: Session, email: str) -> bool:
+        return s.get(Suppression, email.lower()) is not None
+
+    def _suppress(self, s: Session, email: str, reason: str, detail: str) -> None:
+        email = email.lower()
+        if s.get(Suppression, email) is None:
+            s.add(Suppression(email=email, reason=reason, detail=detail))
+            self._event("address_suppressed", email=email, reason=reason)
+        for party in s.exec(select(Party).where(Party.email == email)):
+            if party.status in ACTIVE and reason == "optout":
+                party.status, party.next_due_at = PartyStatus.OPTEDOUT, None
+
+    def _party_state(self, s: Session, party: Party) -> PartyState:
+        referral = s.get(Referral, party.referral_id)
+        assert referral is not None and party.id is not None
+        others = s.exec(
+            select(Party).where(Party.referral_id == party.referral_id, Party.id != party.id)
+        ).all()
+        return PartyState(
+            party_id=party.id,
+            referral_id=party.referral_id,
+            person=Person(party.email, party.name),
+            referrer=Person(referral.referrer_email, referral.referrer_name),
+            others=tuple(Person(o.email, o.name) for o in others),
+            status=PartyStatus(party.status),
+            requests_sent=party.requests_sent,
+            reminders_sent=party.reminders_sent,
+            rounds=party.rounds,
+            suppressed=self._suppressed(s, party.email),
+        )
+
+    def _apply(self, s: Session, party: Party, step: Step, report: PassReport,
+               reply_row: Reply | None = None) -> None:
+        party.status = step.status
+        party.next_due_at = step.next_due_at
+        if step.requests_sent is not None:
+            party.requests_sent = step.requests_sent
+        if step.reminders_sent is not None:
+            party.reminders_sent = step.reminders_sent
+        if step.rounds is not None:
+            party.rounds = step.rounds
+        if step.outcome is not None:
+            party.outcome, party.outcome_at = step.outcome, self.clock.now()
+        for send in step.sends:
+            self.enqueue(s, send, report, reply_row=reply_row)
+
+
+def _zone(name: str | None) -> Any:
+    from zoneinfo import ZoneInfo
+
+    try:
+        return ZoneInfo(name) if name else None
+    except Exception:
+        return None
+
+
+def _names(people: list[Person]) -> str:
+    names = [p.display for p in people]
+    if len(names) <= 1:
+        return "".join(names)
+    return ", ".join(names[:-1]) + " and " + names[-1]
+
