@@ -9,6 +9,7 @@ fallbacks degrade towards "some readable text", never towards an exception.
 
 from __future__ import annotations
 
+import binascii
 import codecs
 import contextlib
 import email
@@ -88,7 +89,7 @@ _CHARSET_ALIASES: dict[str, str | None] = {
 # `unicode_escape` would turn "\\x41" into "A", `idna`/`punycode` mangle text, and
 # bytes-to-bytes codecs (base64, zlib, ...) are rejected by bytes.decode() anyway.
 _REFUSED_CODECS = frozenset(
-    {"unicode_escape", "raw_unicode_escape", "idna", "punycode", "undefined", "mbcs", "oem"}
+    {"unicode-escape", "raw-unicode-escape", "idna", "punycode", "undefined", "mbcs", "oem"}
 )
 
 # "cp-850", "cp 1252", "windows 1252", "win-1251": spelled with a separator Python rejects.
@@ -230,10 +231,12 @@ def _is_attachment(part: Message) -> bool:
 
 def _part_text(part: Message) -> str:
     """Decoded text of one leaf part, whatever its transfer encoding or charset claims."""
-    try:
-        payload = part.get_payload(decode=True)
-    except Exception:
-        payload = None
+    payload = _lenient_base64(part)
+    if payload is None:
+        try:
+            payload = part.get_payload(decode=True)
+        except Exception:
+            payload = None
     if payload is None:
         try:
             raw = part.get_payload()
@@ -261,6 +264,36 @@ def _part_text(part: Message) -> str:
     if fmt == "flowed" and _content_type(part) == "text/plain":
         text = unflow(text, delsp=delsp)
     return text
+
+
+_BASE64_LINE_RE = re.compile(r"^[A-Za-z0-9+/=\s]*$")
+
+
+def _lenient_base64(part: Message) -> bytes | None:
+    """Decode a base64 body up to the first line that is not base64, or None if not base64.
+
+    The stdlib decoder silently skips characters outside the alphabet, so text appended to a
+    base64 body (mailing-list footers do this) or a damaged tail turns into binary noise in
+    the middle of the reply. Stopping at the first foreign line keeps what the sender wrote.
+    """
+    try:
+        cte = str(part.get("Content-Transfer-Encoding", "") or "").strip().lower()
+        raw = part.get_payload()
+    except Exception:
+        return None
+    if cte != "base64" or not isinstance(raw, str):
+        return None
+    kept: list[str] = []
+    for line in raw.splitlines():
+        if not _BASE64_LINE_RE.match(line):
+            break
+        kept.append(line.strip())
+    data = "".join(kept).rstrip("=")
+    data = data[: len(data) - len(data) % 4] if len(data) % 4 == 1 else data
+    try:
+        return binascii.a2b_base64(data + "=" * (-len(data) % 4))
+    except (binascii.Error, ValueError):
+        return None
 
 
 def unflow(text: str, *, delsp: bool = False) -> str:
@@ -439,6 +472,7 @@ class _TextExtractor(HTMLParser):
         self.skip_depth = 0
         self.pre_depth = 0
         self.pending_blank = False
+        self.blank_depth = 0
 
     # line management
     def _flush(self) -> None:
@@ -448,10 +482,17 @@ class _TextExtractor(HTMLParser):
             text = re.sub(r"[ \t\f\v\u00a0\u2000-\u200a\u202f\u205f\u3000]+", " ", text).strip()
         if not text:
             return
-        if self.pending_blank and self.lines and self.lines[-1] != self._prefix():
-            self.lines.append(self._prefix().rstrip())
+        if self.pending_blank and self.lines and self.lines[-1].strip(" >"):
+            # A blank line between two quote levels belongs to the outer one: "" between the
+            # reply and a quote, ">" between two paragraphs inside a quote.
+            self.lines.append(("> " * min(self.blank_depth, self.quote_depth)).rstrip())
         self.pending_blank = False
         self.lines.append(self._prefix() + text)
+
+    def _want_blank(self) -> None:
+        if not self.pending_blank:
+            self.pending_blank = True
+            self.blank_depth = self.quote_depth
 
     def _prefix(self) -> str:
         return "> " * self.quote_depth
@@ -460,10 +501,10 @@ class _TextExtractor(HTMLParser):
         had_text = bool("".join(self.current).strip())
         self._flush()
         if blank:
-            self.pending_blank = True
+            self._want_blank()
         elif not had_text and self.lines and not self.pending_blank:
             # A <br> on an empty line is a deliberate empty line (Gmail's <div><br></div>).
-            self.pending_blank = True
+            self._want_blank()
 
     # parser callbacks
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -477,7 +518,8 @@ class _TextExtractor(HTMLParser):
             self._break()
         elif tag == "hr":
             self._flush()
-            self.lines.append(self._prefix() + HR_LINE)
+            self.current.append(HR_LINE)
+            self._flush()
         elif tag == "blockquote":
             self._flush()
             self.quote_depth += 1
@@ -486,8 +528,8 @@ class _TextExtractor(HTMLParser):
             self.pre_depth += 1
         elif tag in _BLOCK_TAGS:
             self._flush()
-            if tag in _PARAGRAPH_TAGS:
-                self.pending_blank = bool(self.lines)
+            if tag in _PARAGRAPH_TAGS and self.lines:
+                self._want_blank()
             if tag == "li":
                 self.current.append("- ")
         elif tag in ("td", "th"):
@@ -512,14 +554,14 @@ class _TextExtractor(HTMLParser):
         if tag == "blockquote":
             self._flush()
             self.quote_depth = max(0, self.quote_depth - 1)
-            self.pending_blank = True
+            self._want_blank()
         elif tag == "pre":
             self._flush()
             self.pre_depth = max(0, self.pre_depth - 1)
         elif tag in _BLOCK_TAGS:
             self._flush()
             if tag in _PARAGRAPH_TAGS:
-                self.pending_blank = True
+                self._want_blank()
 
     def handle_data(self, data: str) -> None:
         if self.skip_depth:

@@ -173,9 +173,11 @@ _MOBILE_SIG_RES = [
         r"^.{0,20}iphoneから送信$",
     )
 ]
-_SIG_EXCUSE_RE = re.compile(
+_SIG_TAIL_RE = re.compile(
     r"excuse|typo|brevity|brief|pardon|sorry|disculp|errores|entschuldig|tippfehler|k[üu]rze"
-    r"|fautes|excusez|desculp|erros|excuus|typefout|autocorrect",
+    r"|fautes|excusez|desculp|erros|excuus|typefout|autocorrect"
+    # "Sent via the Samsung Galaxy S23, an AT&T 5G smartphone"
+    r"|^(?:an?|the|my)\b.{0,40}\b(?:smartphone|phone|tablet|device)\.?$",
     _I,
 )
 _MARKDOWN_LINK_RE = re.compile(r"\[([^\]\n]{0,200})\]\([^)\n]{0,500}\)")
@@ -232,6 +234,10 @@ _INVISIBLE_RE = re.compile(r"[\u200b\u200c\u200d\u2060\ufeff\u00ad]")
 
 # Line kinds
 _EMPTY, _TEXT, _QUOTE, _MARKER, _DELIM, _MOBILE = "e", "t", "q", "m", "d", "s"
+# A line reproducing a text we sent. It is dropped like a quoted line, and it counts as one
+# when deciding what an attribution introduces (our request below "On … wrote:", unquoted).
+_SENT = "x"
+_QUOTED = frozenset({_QUOTE, _SENT})
 
 
 def _tokens(text: str) -> list[str]:
@@ -249,10 +255,10 @@ def _is_mobile_sig(line: str) -> bool:
         return False
     # "Sent from my cell, please excuse any typos." is a signature; "Sent from my desk, is much
     # easier than my mobile phone." is a sentence. After the first clause only an apology for
-    # brevity/typos (or a link) may follow.
+    # brevity/typos, more about the device, or a link may follow.
     clause_end = re.search(r"[,;]|\.\s", plain)
     tail = plain[clause_end.end() :].strip() if clause_end else ""
-    return not tail or bool(_SIG_EXCUSE_RE.search(tail)) or tail.startswith(("<", "http", "("))
+    return not tail or bool(_SIG_TAIL_RE.search(tail)) or tail.startswith(("<", "http", "("))
 
 
 def _header_key(line: str) -> str | None:
@@ -368,7 +374,7 @@ class _Lines:
     marker_span: dict[int, int]
 
 
-def _classify(lines: list[str]) -> _Lines:
+def _classify(lines: list[str], sent: Sequence[bool] = ()) -> _Lines:
     kinds: list[str] = []
     spans: dict[int, int] = {}
     in_fence = False
@@ -390,6 +396,10 @@ def _classify(lines: list[str]) -> _Lines:
             kinds.append(_EMPTY)
             i += 1
             continue
+        if i < len(sent) and sent[i]:
+            kinds.append(_SENT)
+            i += 1
+            continue
         if _QUOTE_RE.match(line):
             kinds.append(_QUOTE)
             i += 1
@@ -401,7 +411,7 @@ def _classify(lines: list[str]) -> _Lines:
             span = _header_block_at(lines, i)
         if not span and _weak_attribution(stripped):
             nxt = next((k for k in range(i + 1, min(len(lines), i + 4)) if lines[k].strip()), None)
-            if nxt is not None and _QUOTE_RE.match(lines[nxt]):
+            if nxt is not None and (_QUOTE_RE.match(lines[nxt]) or (nxt < len(sent) and sent[nxt])):
                 span = 1
         if span:
             spans[i] = span
@@ -421,8 +431,8 @@ def _classify(lines: list[str]) -> _Lines:
 # --- removing our own request ----------------------------------------------------------------
 
 
-def _remove_sent_texts(lines: list[str], sent_texts: Sequence[str]) -> tuple[list[str], bool]:
-    """Drop every run of lines that reproduces one of `sent_texts`; report whether any did.
+def _sent_text_lines(lines: list[str], sent_texts: Sequence[str]) -> list[bool]:
+    """Flag every run of lines that reproduces one of `sent_texts`.
 
     Lines are compared as word sequences (lowercased, quote markers and punctuation ignored),
     so a copy that a client re-wrapped, "> "-quoted or converted from our HTML part still
@@ -442,7 +452,7 @@ def _remove_sent_texts(lines: list[str], sent_texts: Sequence[str]) -> tuple[lis
         seqs.append((" " + " ".join(toks) + " ", min(6, len(toks))))
         trigrams.update(zip(toks, toks[1:], toks[2:], strict=False))
     if not seqs:
-        return lines, False
+        return []
 
     line_toks = [_tokens(_unquote(line)) for line in lines]
     remove = [False] * len(lines)
@@ -492,9 +502,7 @@ def _remove_sent_texts(lines: list[str], sent_texts: Sequence[str]) -> tuple[lis
                         remove[k] = True
             start = end + 1
 
-    if not any(remove):
-        return lines, False
-    return [line for line, gone in zip(lines, remove, strict=True) if not gone], True
+    return remove
 
 
 # --- the text rules --------------------------------------------------------------------------
@@ -506,8 +514,8 @@ def _prose(line: str) -> bool:
     return len(words) >= 6 and line.rstrip().endswith((".", "!", "?", ":"))
 
 
-def _strip_lines(lines: list[str], steps: list[str]) -> list[str]:
-    info = _classify(lines)
+def _strip_lines(lines: list[str], sent: Sequence[bool], steps: list[str]) -> list[str]:
+    info = _classify(lines, sent)
     kinds = info.kinds
     n = len(lines)
     inline_hint = False
@@ -521,7 +529,7 @@ def _strip_lines(lines: list[str], steps: list[str]) -> list[str]:
             span = info.marker_span.get(i, 1)
             end = i + span
             nxt = next((k for k in range(end, n) if kinds[k] != _EMPTY), None)
-            quoted_next = nxt is not None and kinds[nxt] == _QUOTE
+            quoted_next = nxt is not None and kinds[nxt] in _QUOTED
             if quoted_next and (not seen_text or inline_hint or _interleaved(kinds, nxt)):
                 # An attribution over a quote block that the writer answers below or inline.
                 steps.append("inline-quote")
@@ -529,8 +537,8 @@ def _strip_lines(lines: list[str], steps: list[str]) -> list[str]:
                 continue
             steps.append("history")
             break
-        if kind == _QUOTE:
-            steps.append("quote")
+        if kind in _QUOTED:
+            steps.append("quote" if kind == _QUOTE else "sent-text")
             i += 1
             continue
         if kind == _TEXT:
@@ -553,7 +561,7 @@ def _interleaved(kinds: list[str], start: int) -> bool:
     for kind in kinds[start:]:
         if kind == _MARKER:
             return False
-        if kind == _QUOTE:
+        if kind in _QUOTED:
             if state == 1:
                 return True
         elif kind == _TEXT:
@@ -652,10 +660,8 @@ def _normalise(text: str) -> str:
 
 def _strip(text: str, sent_texts: Sequence[str], steps: list[str]) -> str:
     lines = _normalise(text).split("\n")
-    lines, removed = _remove_sent_texts(lines, sent_texts)
-    if removed:
-        steps.append("sent-text")
-    lines = _strip_lines(lines, steps)
+    sent = _sent_text_lines(lines, sent_texts)
+    lines = _strip_lines(lines, sent, steps)
     return "\n".join(lines).strip("\n").rstrip()
 
 
