@@ -31,9 +31,11 @@ from service.core.body import html_body, html_to_text, text_body
 
 __all__ = ["ReplyText", "extract_reply", "strip_reply_text"]
 
-# Beyond this the message is not a reply a person typed; the new text is at the top anyway,
-# and the line rules stay linear but should not chew through megabytes of quoted history.
-_MAX_CHARS = 200_000
+# Beyond this the message is not a reply a person typed: the new text sits at the top (or below
+# a quote of ordinary size), and the line rules should not chew through megabytes of quoted
+# history or adversarial input. Lines past the limit are treated as history and dropped.
+_MAX_CHARS = 100_000
+_MAX_LINES = 4_000
 # Regexes never see more than this much of one line (pathological one-line bodies).
 _MAX_LINE = 1_000
 
@@ -82,6 +84,13 @@ _ATTRIBUTION_RES.append(
         r"\s+(?:on|am|el|le|op|em|il)\b.{3,120}:$",
         _I,
     )
+)
+# Every attribution pattern ends in a colon, an address or one of these verbs: a cheap test
+# that spares the full patterns on ordinary lines.
+_ATTRIBUTION_HINT_RE = re.compile(
+    r"[:：>]\s*-*$|wrote|writes|said|says|escrib|schreef|geschreven|schrieb|crit\b|escreveu"
+    r"|scritto|skrev|kirjoitti|napisa|написа|пише|写道|GMT[+-]\d",
+    _I,
 )
 # A line that can begin a wrapped attribution.
 _OPENER_RE = re.compile(r"^-*\s*(?:on|at|am|le|el|op|em|il|den|dnia|d[nň]a)\s", _I)
@@ -314,7 +323,7 @@ def _attribution_at(lines: list[str], i: int) -> int:
 def _is_attribution(line: str, *, strong_only: bool = False) -> bool:
     # Zimbra and some webmails prefix the attribution with "- " or wrap it in bold "*…*".
     text = line.strip().lstrip("-–—*_ ").rstrip("*_ ")
-    if not text:
+    if not text or not _ATTRIBUTION_HINT_RE.search(text):
         return False
     has_evidence = bool(re.search(r"\d|@", text))
     if has_evidence and any(r.match(text) for r in _ATTRIBUTION_RES):
@@ -438,8 +447,9 @@ def _sent_text_lines(lines: list[str], sent_texts: Sequence[str]) -> list[bool]:
     so a copy that a client re-wrapped, "> "-quoted or converted from our HTML part still
     matches. A run must be long enough that a person's own short answer ("It went well")
     which happens to repeat words of ours is never taken for a copy; a second, fuzzier pass
-    drops paragraphs that are mostly our word trigrams (the HTML part of our request, quoted
-    by an HTML-only client, words slightly different from the text part).
+    flags paragraphs that are mostly our word trigrams (the HTML part of our request, quoted
+    by an HTML-only client, words slightly different from the text part). Flagged lines are
+    classified like quoted lines, so the structure around them still reads as a reply.
     """
     seqs: list[tuple[str, int]] = []
     trigrams: set[tuple[str, str, str]] = set()
@@ -582,11 +592,11 @@ def _strip_signatures(lines: list[str], kinds: list[str], steps: list[str]) -> l
         steps.append("banner")
 
     cut = n
+    has_text_before = False
     for k in range(n):
-        if kinds[k] == _TEXT or kinds[k] == _MOBILE:
-            pass
+        if k and kinds[k - 1] == _TEXT:
+            has_text_before = True
         line = lines[k].strip()
-        has_text_before = any(kinds[m] == _TEXT for m in range(k))
         # 2. "-- " signature separator (RFC 3676), and its stripped variants.
         if kinds[k] == _DELIM and _SIG_DASHES_RE.match(line) and has_text_before:
             cut = k
@@ -655,7 +665,7 @@ def _disclaimer_follows(lines: list[str], start: int) -> bool:
 def _normalise(text: str) -> str:
     text = text[:_MAX_CHARS].replace("\r\n", "\n").replace("\r", "\n")
     text = _INVISIBLE_RE.sub("", text).replace("\u00a0", " ")
-    return "\n".join(line.rstrip() for line in text.split("\n"))
+    return "\n".join(line.rstrip() for line in text.split("\n")[:_MAX_LINES])
 
 
 def _strip(text: str, sent_texts: Sequence[str], steps: list[str]) -> str:
@@ -761,8 +771,8 @@ def _cut_html_quote(html: str) -> tuple[str, str | None]:
         return html, None
     line, col, name = finder.found
     lines = html.split("\n")
+    # getpos() counts lines from 1 and columns from 0, in the text as fed.
     offset = sum(len(x) + 1 for x in lines[: line - 1]) + col
-    # Outlook's border div is *inside* the element that held the reply; keep the rule out.
     return html[:offset], name
 
 
