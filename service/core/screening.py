@@ -11,7 +11,8 @@ The order matters because real automatic mail carries several markers at once:
  #    rule                  kind       decides on
 ====  ====================  =========  ====================================================
  1    loop                  IGNORED    our own mail coming back: ``X-Introloop-Loop``, From
-                                       one of ``own_addresses``, Message-ID ``@own_domain``
+                                       one of ``own_addresses``, or a Message-ID we minted
+                                       for ``own_domain`` (service.core.outgoing's shape)
  2    arf                   IGNORED    complaint reports: RFC 5965 feedback-report, Hotmail
                                        JMRP, Amazon SES "Complaint" JSON
  3    unsubscribe           (pass)     Apple Mail / RFC 2369 unsubscribe requests: marked
@@ -587,7 +588,7 @@ _HUMAN_ANSWER = re.compile(
 # two weak ones: a person may well mention a "guest list" in an answer about an event.
 _CHALLENGE_STRONG = re.compile(
     r"\bthis\s+(?:account|mailbox|address)\s+is\s+protected\s+by\b|"
-    r"\bsender\s+(?:is\s+)?not\s+pre-?approved|\bwaitlisted\b|x-boxbe-notice|"
+    r"\bsender\s+(?:is\s+)?not\s+pre-?approved|\bhas\s+been\s+waitlisted\b|x-boxbe-notice|"
     r"\bchallenge[-\s]response\b|"
     r"\bverify\s+(?:that\s+)?you\s+are\s+(?:a\s+)?(?:human|real\s+person|not\s+a\s+robot)",
     re.I,
@@ -607,34 +608,32 @@ _LIST_HEADERS = ("list-id", "list-post", "list-help", "list-subscribe", "mailing
 # VERP
 # --------------------------------------------------------------------------------------
 
-_VERP_RE = re.compile(r"^(?P<local>[^@+\s]+)\+bounce-(?P<id>\d{1,18})@(?P<domain>[^@\s]+)$",
-                      re.I)
+# The tag may carry a signature after the id (``bounce-42-k3j5...``): the screen only
+# reads the shape; whoever acts on the id checks the signature (service.core.tokens).
+_VERP_RE = re.compile(
+    r"^(?P<local>[^@+\s]+)\+bounce-(?P<id>\d{1,18})(?:-[a-z0-9]{1,64})?@(?P<domain>[^@\s]+)$",
+    re.I,
+)
 _RECIPIENT_HEADERS = ("delivered-to", "x-original-to", "envelope-to", "x-envelope-to",
                       "x-delivered-to", "to", "cc")
 
 
-def verp_outbox_id(
-    msg: Message, own_addresses: Collection[str] = (), own_domain: str | None = None
-) -> int | None:
+def verp_outbox_id(msg: Message, own_addresses: Collection[str] = ()) -> int | None:
     """The outbox row id encoded in our VERP bounce address, if the message was sent to it.
 
-    We send with envelope sender ``<local>+bounce-<id>@<domain>`` where
-    ``<local>@<domain>`` is one of ``own_addresses`` (or ``<domain>`` is ``own_domain``),
-    so anything addressed there is about outbox row ``<id>``: a bounce, or an auto-reply
-    from a responder that (correctly, per RFC 3834) answers the envelope sender. The
-    receiving MTA records that address in ``Delivered-To``/``X-Original-To``; some MTAs
-    uppercase it, so matching is case-insensitive. Never raises.
+    We send with envelope sender ``<local>+bounce-<id>[-<sig>]@<domain>`` where
+    ``<local>@<domain>`` is one of ``own_addresses``, so anything addressed there is about
+    outbox row ``<id>``: a bounce, or an auto-reply from a responder that (correctly, per
+    RFC 3834) answers the envelope sender. The receiving MTA records that address in
+    ``Delivered-To``/``X-Original-To``; some MTAs uppercase it, so matching ignores case.
+    The signature is not checked here (the screen has no secret). Never raises.
     """
     try:
         own = {a.strip().lower() for a in own_addresses}
-        domain = (own_domain or "").strip().lower()
         for name in _RECIPIENT_HEADERS:
             for addr in _addresses(_headers(msg, name)):
                 m = _VERP_RE.match(addr)
-                if not m:
-                    continue
-                base = f"{m['local']}@{m['domain']}".lower()
-                if base in own or (domain and m["domain"].lower() == domain):
+                if m and f"{m['local']}@{m['domain']}".lower() in own:
                     return int(m["id"])
     except Exception:
         return None
@@ -771,7 +770,7 @@ def _verdict(ctx: _Ctx, kind: Kind, rule: str, detail: str,
              failed: Collection[str] = (), permanent: bool = False) -> Screening:
     reason = f"{rule}: {' '.join(detail.split())}"
     if kind is Kind.BOUNCE or kind is Kind.AUTOREPLY:
-        outbox = verp_outbox_id(ctx.msg, ctx.own_addresses, ctx.own_domain)
+        outbox = verp_outbox_id(ctx.msg, ctx.own_addresses)
         if outbox is not None:
             reason += f" [outbox {outbox}]"
     clean = tuple(dict.fromkeys(a.lower() for a in failed if a))
@@ -783,11 +782,29 @@ def _rule_loop(ctx: _Ctx) -> Screening | None:
         return _verdict(ctx, Kind.IGNORED, "loop", "X-Introloop-Loop header: our own mail")
     if ctx.from_addr and ctx.from_addr in ctx.own_addresses:
         return _verdict(ctx, Kind.IGNORED, "loop", f"From is our own address {ctx.from_addr}")
-    if ctx.own_domain:
-        mid = ctx.h("message-id").strip().strip("<>").lower()
-        if mid.endswith("@" + ctx.own_domain.lower().strip()):
-            return _verdict(ctx, Kind.IGNORED, "loop", f"Message-ID <{mid}> is one we minted")
+    mid = ctx.h("message-id").strip()
+    if _is_minted(mid, ctx.own_domain):
+        return _verdict(ctx, Kind.IGNORED, "loop", f"Message-ID {mid} is one we minted")
     return None
+
+
+def _is_minted(message_id: str, domain: str | None) -> bool:
+    """Whether ``message_id`` is one the service minted for ``domain``.
+
+    The domain alone is not enough: members often write from the network's own domain,
+    and their servers mint ids there too. The shape belongs to service.core.outgoing.
+    """
+    if not domain or not message_id:
+        return False
+    try:
+        from service.core.outgoing import is_minted
+    except Exception:  # outgoing unavailable: same shape as its stable_message_id
+        m = re.match(r"^[a-z0-9-]+\.[0-9a-f]{24}@(.+)$", message_id.strip().strip("<>").lower())
+        return bool(m) and m.group(1) == domain.lower()
+    try:
+        return bool(is_minted(message_id.strip(), domain))
+    except Exception:
+        return False
 
 
 def _rule_arf(ctx: _Ctx) -> Screening | None:
@@ -848,14 +865,14 @@ def _rule_mdn(ctx: _Ctx) -> Screening | None:
 def _rule_challenge(ctx: _Ctx) -> Screening | None:
     # A daemon's rejection that *mentions* a whitelist is a bounce of our own server,
     # not a challenge to us; only a responder acting for the recipient counts here.
-    if _DAEMON_LOCALS.match(ctx.from_local) or _HUMAN_ANSWER.search(ctx.opening):
+    if _DAEMON_LOCALS.match(ctx.from_local):
         return None
     text = ctx.text[:5000]
     for part in ctx.parts_of("message/delivery-status"):
         text += "\n" + _part_text(part)[:2000]
     strong = _CHALLENGE_STRONG.search(text)
     weak = {m.group(0).lower() for m in _CHALLENGE_WEAK.finditer(text)}
-    if strong or len(weak) >= 2:
+    if strong or (len(weak) >= 2 and not _speaks_of_intro(ctx, ctx.opening)):
         what = strong.group(0) if strong else " + ".join(sorted(weak))
         return _verdict(ctx, Kind.AUTOREPLY, "challenge", f"challenge-response notice ({what!r})")
     return None
@@ -986,7 +1003,7 @@ def _report_smell(ctx: _Ctx) -> str:
     elif _BOUNCE_SUBJECT.search(subject) and not _REPLY_PREFIX.match(subject):
         # "Fwd: Returned mail" is a person passing a bounce on: not a report itself
         why = f"subject {subject[:60]!r}"
-    elif verp_outbox_id(ctx.msg, ctx.own_addresses, ctx.own_domain) is not None:
+    elif verp_outbox_id(ctx.msg, ctx.own_addresses) is not None:
         why = "sent to our VERP bounce address"
     elif m := _NDR_OPENING.search(ctx.opening):
         why = f"opens {m.group(0)!r}"
@@ -1061,6 +1078,46 @@ def _clean(found: Collection[bytes | str], ctx: _Ctx) -> set[str]:
     return out
 
 
+_A = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"
+# Where NDRs name the failed recipient: Postfix/qmail "<bob@x>:" and Exim's address on its
+# own line, Sendmail "<bob@x>... User unknown", SMTP transcripts, DSN-like text lines,
+# "Recipient address: bob@x" (Exchange, Notes, carriers), "could not be delivered to".
+_NDR_ADDRESS = re.compile(
+    rf"^\s*<?({_A})>?\s*(?::|$)|<({_A})>\.\.\.|RCPT\s+TO:\s*<?({_A})|"
+    rf"(?:final|original)-recipient:\s*(?:rfc822\s*;)?\s*<?({_A})|"
+    rf"(?<![\w-])(?:recipient|address|adresse|destinataire|empfänger|destinatario|to)"
+    rf"(?:\s+address)?"
+    rf"\s*:\s*<?({_A})|(?:delivered|failed|failure)\s+to:?\s*<?({_A})",
+    re.I | re.M,
+)
+
+
+def _ndr_recipients(ctx: _Ctx, originals: list[Message]) -> list[str]:
+    """Failed recipients of a free-text NDR: named in the report's own text (before the
+    returned original), else the returned original's To/Cc.
+
+    When both exist, the report's addresses are kept only if the original was sent to
+    them, so a "please contact postmaster@..." line is not taken for a recipient.
+    """
+    skip = set(ctx.own_addresses) | set(_addresses(ctx.hs("from") + ctx.hs("to")))
+    named: list[str] = []
+    for m in _NDR_ADDRESS.finditer(_report_text(ctx)[:20000]):
+        addr = next(g for g in m.groups() if g).lower().strip(".")
+        local = addr.split("@", 1)[0]
+        if addr in skip or _VERP_RE.match(addr) or _NOREPLY_LOCALS.match(local):
+            continue
+        if addr not in named:
+            named.append(addr)
+    sent_to: list[str] = []
+    for original in originals[:1]:
+        sent_to = [a for a in _addresses(_headers(original, "to") + _headers(original, "cc"))
+                   if a not in ctx.own_addresses]
+    if named and sent_to:
+        both = [a for a in named if a in sent_to]
+        return both or sent_to
+    return named[:5] or sent_to
+
+
 def _rule_ndr_text(ctx: _Ctx) -> Screening | None:
     smell = _report_smell(ctx)
     if not smell:
@@ -1089,10 +1146,7 @@ def _rule_ndr_text(ctx: _Ctx) -> Screening | None:
             evidence = "returned original attached" if originals else "delivery-status report"
     if not evidence:
         return None
-    failed: list[str] = []
-    for original in originals[:1]:
-        failed = _addresses(_headers(original, "to") + _headers(original, "cc"))
-    failed = [a for a in failed if a not in ctx.own_addresses]
+    failed = _ndr_recipients(ctx, originals)
     hit_text = evidence.group(0) if isinstance(evidence, re.Match) else str(evidence)
     # "Warning: message delayed 24 hours" decides by itself; MDaemon's "Warning: x - User
     # unknown!" does not. Otherwise the quoted status codes decide, then the wording.
@@ -1109,7 +1163,7 @@ def _rule_ndr_text(ctx: _Ctx) -> Screening | None:
 
 def _rule_auto_submitted(ctx: _Ctx) -> Screening | None:
     for value in ctx.hs("auto-submitted"):
-        token = value.split(";", 1)[0].strip().lower()
+        token = re.split(r"[;\s(]", value.strip(), maxsplit=1)[0].lower()
         if token and token != "no":
             return _verdict(ctx, Kind.AUTOREPLY, "auto-submitted", f"Auto-Submitted {token}")
     return None
@@ -1185,10 +1239,25 @@ _QUOTE_HEADER = re.compile(
 )
 
 
+_QUOTED = re.compile(r'"[^"\n]{0,200}"|“[^”\n]{0,200}”|„[^“\n]{0,200}“|«[^»\n]{0,200}»')
+
+
+def _speaks_of_intro(ctx: _Ctx, text: str) -> bool:
+    """Whether the text talks about the introduction the way a person answering would.
+
+    Responders echo our subject ("Your message 'How did the introduction go?' has been
+    waitlisted"), so the subject and anything in quotation marks are taken out first.
+    """
+    subject = _strip_reply_prefixes(ctx.subject)
+    if len(subject) > 3:
+        text = text.replace(subject, " ")
+    return bool(_HUMAN_ANSWER.search(_QUOTED.sub(" ", text)))
+
+
 def _body_verdict(ctx: _Ctx, limit: int, need_support: bool) -> str:
     """What in a short new text reads like an auto-reply ('' when nothing does)."""
     text = _opening(ctx.text, 4000)
-    if not text or len(text) > limit or _HUMAN_ANSWER.search(text):
+    if not text or len(text) > limit or _speaks_of_intro(ctx, text):
         return ""
     strong = _AUTO_BODY_STRONG.search(text[:400])
     if strong:
@@ -1231,7 +1300,7 @@ def _rule_autoreply_weak(ctx: _Ctx) -> Screening | None:
 
 
 def _rule_verp(ctx: _Ctx) -> Screening | None:
-    outbox = verp_outbox_id(ctx.msg, ctx.own_addresses, ctx.own_domain)
+    outbox = verp_outbox_id(ctx.msg, ctx.own_addresses)
     if outbox is None:
         return None
     temporary = _TEMPORARY.search(ctx.subject)
@@ -1250,10 +1319,8 @@ def _rule_null_sender(ctx: _Ctx) -> Screening | None:
 
 
 def _is_reply_to_us(ctx: _Ctx) -> bool:
-    if not ctx.own_domain:
-        return False
-    ids = " ".join(ctx.hs("in-reply-to") + ctx.hs("references")).lower()
-    return "@" + ctx.own_domain.lower().strip() + ">" in ids
+    ids = re.findall(r"<[^<>\s]+>", " ".join(ctx.hs("in-reply-to") + ctx.hs("references")))
+    return any(_is_minted(i, ctx.own_domain) for i in ids)
 
 
 def _rule_list(ctx: _Ctx) -> Screening | None:
@@ -1336,7 +1403,7 @@ def screen(
     """
     try:
         msg = _reparse_if_headless(msg, raw)
-        ctx = _Ctx(msg=msg, raw=raw if isinstance(raw, bytes) else b"",
+        ctx = _Ctx(msg=msg, raw=bytes(raw) if isinstance(raw, bytes | bytearray) else b"",
                    own_addresses=frozenset(a.strip().lower() for a in own_addresses if a),
                    own_domain=(own_domain or "").strip().lower() or None)
     except Exception:
