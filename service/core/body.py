@@ -207,13 +207,14 @@ def _content_type(part: Message) -> str:
     return ctype if isinstance(ctype, str) else "text/plain"
 
 
-def _is_attachment(part: Message) -> bool:
+def _is_attachment(part: Message, strict: bool) -> bool:
     """A part the sender attached, as opposed to body text.
 
-    `Content-Disposition: attachment` settles it. A text part with a filename but no
-    disposition is also treated as an attachment (a .txt or .html file), except when the
-    disposition explicitly says inline: Apple Mail marks body fragments between inline
-    images as `inline` text parts, sometimes with a filename.
+    `Content-Disposition: attachment` settles it. In the strict pass a text part with a
+    filename is an attachment too, even when marked inline (Apple Mail sends attached .txt
+    files as inline parts with a filename; its body fragments between inline images carry
+    none). The lenient pass, used only when the strict one finds no body at all, accepts
+    those, so a message whose only text is such a part still shows it.
     """
     try:
         disposition = part.get_content_disposition()
@@ -221,7 +222,7 @@ def _is_attachment(part: Message) -> bool:
         disposition = None
     if disposition == "attachment":
         return True
-    if disposition == "inline":
+    if not strict:
         return False
     try:
         return bool(part.get_filename())
@@ -339,6 +340,7 @@ def _collect(
     htmls: list[str],
     depth: int,
     budget: list[int],
+    strict: bool = True,
 ) -> None:
     """Gather body text parts in reading order, depth-first, honouring multipart semantics."""
     budget[0] -= 1
@@ -355,7 +357,7 @@ def _collect(
             return
         for sub in inner if isinstance(inner, list) else [inner]:
             if isinstance(sub, Message):
-                _collect(sub, include_attached, plains, htmls, depth + 1, budget)
+                _collect(sub, include_attached, plains, htmls, depth + 1, budget, strict)
         return
     if maintype == "multipart":
         try:
@@ -373,7 +375,7 @@ def _collect(
             for child in children:
                 p: list[str] = []
                 h: list[str] = []
-                _collect(child, include_attached, p, h, depth + 1, budget)
+                _collect(child, include_attached, p, h, depth + 1, budget, strict)
                 if p and not sub_plains:
                     sub_plains = p
                 if h:
@@ -383,14 +385,14 @@ def _collect(
             return
         if ctype == "multipart/related" and children:
             # The root (first part) is the body; the rest are its images and styles.
-            _collect(children[0], include_attached, plains, htmls, depth + 1, budget)
+            _collect(children[0], include_attached, plains, htmls, depth + 1, budget, strict)
             return
         for index, child in enumerate(children):
             if ctype == "multipart/signed" and index > 0:
                 break  # the second part is the signature blob
-            _collect(child, include_attached, plains, htmls, depth + 1, budget)
+            _collect(child, include_attached, plains, htmls, depth + 1, budget, strict)
         return
-    if maintype != "text" or _is_attachment(part):
+    if maintype != "text" or _is_attachment(part, strict):
         return
     if ctype == "text/html":
         htmls.append(_part_text(part))
@@ -399,12 +401,15 @@ def _collect(
 
 
 def _body_parts(msg: Message, include_attached: bool) -> tuple[list[str], list[str]]:
-    plains: list[str] = []
-    htmls: list[str] = []
-    try:
-        _collect(msg, include_attached, plains, htmls, 0, [_MAX_PARTS])
-    except Exception:  # RecursionError on absurd nesting, or parser corner cases
-        pass
+    for strict in (True, False):
+        plains: list[str] = []
+        htmls: list[str] = []
+        try:
+            _collect(msg, include_attached, plains, htmls, 0, [_MAX_PARTS], strict)
+        except Exception:  # RecursionError on absurd nesting, or parser corner cases
+            pass
+        if any(p.strip() for p in plains) or any(h.strip() for h in htmls):
+            break
     return plains, htmls
 
 

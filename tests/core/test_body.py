@@ -178,6 +178,16 @@ def test_attachments_and_attached_messages_are_skipped_by_default() -> None:
     assert "Meeting notes" not in with_attached  # a text *attachment* stays out either way
 
 
+def test_inline_text_file_is_an_attachment_unless_it_is_all_there_is() -> None:
+    msg = EmailMessage(policy=policy.default)
+    msg.set_content("Worked out, notes attached.")
+    msg.add_attachment("raw notes: great call", filename="notes.txt", disposition="inline")
+    assert text_body(msg)[0].strip() == "Worked out, notes attached."
+    only = EmailMessage(policy=policy.default)
+    only.set_content("Just the file: went well", disposition="inline", filename="answer.txt")
+    assert text_body(only)[0].strip() == "Just the file: went well"
+
+
 def test_text_parts_around_inline_images_are_joined() -> None:
     text, _ = text_body(load("apple_inline_image.eml"))
     expected = "Here is the photo from our first meeting: It went really well."
