@@ -174,17 +174,38 @@ _ADDR_RE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9](?:[A-Za-z0-
                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+")
 
 
+_MAX_HEADER = 8000  # an address header longer than this is an attack, not a To line
+_TOKEN_SPLIT = re.compile(r"[\s<>,;:\"'()\[\]]+")
+
+
+def _find_addrs(text: str) -> list[str]:
+    """Addr-specs in free text, lowercased, in linear time.
+
+    Searching with an address pattern backtracks quadratically on a long run of
+    address characters without an ``@`` (a 30 KB header took seconds); matching whole
+    tokens does not.
+    """
+    out: list[str] = []
+    for token in _TOKEN_SPLIT.split(text):
+        if "@" in token:
+            m = _ADDR_RE.fullmatch(token.strip("."))
+            if m:
+                out.append(m.group(0).lower())
+    return out
+
+
 def _addresses(values: Collection[str]) -> list[str]:
     """Lowercased addr-specs in address headers; tolerant of broken syntax."""
     found: list[str] = []
     for value in values:
+        value = value[:_MAX_HEADER]
         try:
             pairs = email.utils.getaddresses([value])
         except Exception:
             pairs = []
         got = [a.strip().lower() for _, a in pairs if "@" in a]
         if not got:  # getaddresses gave up: fall back to anything that looks like one
-            got = [m.group(0).lower() for m in _ADDR_RE.finditer(value)]
+            got = _find_addrs(value)
         found.extend(a.strip("<>.") for a in got)
     return found
 
@@ -194,6 +215,7 @@ def _local_part(address_header: str) -> str:
 
     Bounces often say ``From: MAILER-DAEMON`` with no domain at all, or ``<>``.
     """
+    address_header = address_header[:1000]
     try:
         pairs = email.utils.getaddresses([address_header])
     except Exception:
@@ -201,8 +223,8 @@ def _local_part(address_header: str) -> str:
     for _, addr in pairs:
         if addr:
             return addr.rsplit("@", 1)[0].strip().strip('"').lower()
-    m = re.search(r"<([^<>@\s]*)(?:@[^<>]*)?>", address_header) or re.search(
-        r"([^\s<>@\"]+)(?:@|\s*$)", address_header
+    m = re.search(r"<([^<>@\s]{0,200})(?:@[^<>]{0,300})?>", address_header) or re.search(
+        r"([^\s<>@\"]{1,200})(?:@|\s*$)", address_header
     )
     return m.group(1).lower() if m else ""
 
@@ -696,8 +718,8 @@ def _dsn_address(value: str) -> str:
     """``rfc822; Bob@Example.com`` -> ``bob@example.com`` (types and brackets vary)."""
     if ";" in value:  # address type: rfc822, utf-8, and in the wild "smtp", "X-Local"...
         value = value.split(";", 1)[1]
-    m = _ADDR_RE.search(value)
-    return m.group(0).lower().strip(".") if m else ""
+    found = _find_addrs(value[:_MAX_HEADER])
+    return found[0] if found else ""
 
 
 def _dsn_recipients(part: Message) -> list[_Recipient]:
@@ -1083,7 +1105,7 @@ _A = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"
 # own line, Sendmail "<bob@x>... User unknown", SMTP transcripts, DSN-like text lines,
 # "Recipient address: bob@x" (Exchange, Notes, carriers), "could not be delivered to".
 _NDR_ADDRESS = re.compile(
-    rf"^\s*<?({_A})>?\s*(?::|$)|<({_A})>\.\.\.|RCPT\s+TO:\s*<?({_A})|"
+    rf"^[ \t]*<?({_A})>?[ \t]*(?::|$)|<({_A})>\.\.\.|RCPT\s+TO:\s*<?({_A})|"
     rf"(?:final|original)-recipient:\s*(?:rfc822\s*;)?\s*<?({_A})|"
     rf"(?<![\w-])(?:recipient|address|adresse|destinataire|empfänger|destinatario|to)"
     rf"(?:\s+address)?"
@@ -1219,11 +1241,15 @@ def _rule_autoreply_subject(ctx: _Ctx) -> Screening | None:
 def _opening(text: str, limit: int) -> str:
     """The first ``limit`` characters of the new text, before any quote or signature."""
     lines: list[str] = []
-    for line in text.splitlines():
+    size = 0
+    for line in text[: limit * 20].splitlines():
         stripped = line.strip()
         if stripped.startswith(">") or _QUOTE_HEADER.match(stripped):
             break
         lines.append(stripped)
+        size += len(stripped) + 1
+        if size > limit:
+            break
     return " ".join(" ".join(lines).split())[:limit]
 
 

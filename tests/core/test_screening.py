@@ -285,6 +285,9 @@ def test_people_mentioning_absence_pass(body: str) -> None:
     b"Content-Type: message/delivery-status\nContent-Transfer-Encoding: base64\n\n!!!!\n--x--\n",
     b"Subject: \xc3\x28\xa0\xa1\nFrom: Jos\xe9 <j@x>\n\nbody",
     b"Content-Type: message/rfc822\n\nContent-Type: message/rfc822\n\n" * 50,
+    # inputs that once made address and line patterns backtrack quadratically
+    b"From: a@b.example\nTo: " + b"a" * 30000 + b"\nSubject: x\n\nhi\n",
+    b"From: MAILER-DAEMON@x.example\nSubject: Undeliverable\n\n" + b"\n" * 40000,
 ])
 def test_broken_messages_never_raise(raw: bytes) -> None:
     msg = email.message_from_bytes(raw, policy=email.policy.default)
