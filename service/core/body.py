@@ -96,6 +96,10 @@ _REFUSED_CODECS = frozenset(
 _CODEPAGE_RE = re.compile(r"^(?:cp|windows|win|ibm|x-cp)[-_ ]?(\d{3,5})$")
 
 
+# Codec names (as `codecs.lookup` spells them) of single-byte charsets.
+_SINGLE_BYTE_PREFIXES = ("cp125", "cp8", "cp4", "cp7", "iso8859", "koi8", "mac-", "mac_")
+
+
 def _normalise_charset(label: str | None) -> str | None:
     """Map a charset label from a header to a Python codec name, or None for "unknown"."""
     if not label:
@@ -144,6 +148,12 @@ def decode_bytes(data: bytes, charset: str | None = None) -> str:
     if not data:
         return ""
     codec = _normalise_charset(charset)
+    if codec is not None and codec.startswith(_SINGLE_BYTE_PREFIXES) and not data.isascii():
+        # UTF-8 sent under a single-byte label (PHP mailers, old webmail) decodes "fine" as
+        # mojibake ("schÃ¶n"). Well-formed multi-byte UTF-8 sequences almost never occur by
+        # chance in single-byte text, so valid UTF-8 wins over such a label.
+        with contextlib.suppress(UnicodeError):
+            return data.decode("utf-8")
     if codec is not None:
         with contextlib.suppress(UnicodeError, LookupError, ValueError):
             return data.decode(codec)
@@ -151,8 +161,11 @@ def decode_bytes(data: bytes, charset: str | None = None) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         pass
-    if codec is not None and codecs.lookup(codec).name != "utf-8":
-        # A real, known label that failed strictly (e.g. one stray byte in cp1252 text):
+    if codec == "cp1252":
+        # One of the five bytes windows-1252 leaves unassigned: latin-1 maps them all.
+        return data.decode("latin-1")
+    if codec is not None and codec != "utf-8":
+        # A real, known label that failed strictly (e.g. a stray byte in koi8-r text):
         # keep the label's reading and replace only the offending bytes.
         with contextlib.suppress(UnicodeError, LookupError, ValueError):
             return data.decode(codec, errors="replace")

@@ -112,6 +112,11 @@ def test_charset_fallbacks(fixture: str, expected: str) -> None:
         # WHATWG: "iso-8859-1" is really windows-1252 (0x93/0x94 are curly quotes)
         (b"\x93quoted\x94", "iso-8859-1", "\u201cquoted\u201d"),
         ("Привет".encode("koi8-r"), "koi8-r", "Привет"),
+        # UTF-8 under a single-byte label: valid UTF-8 wins over the mojibake reading
+        ("schön".encode(), "iso-8859-1", "schön"),
+        ("Привет".encode(), "koi8-r", "Привет"),
+        # a byte windows-1252 leaves unassigned, in text labelled latin-1
+        (b"caf\xe9 \x81", "iso-8859-1", "café \x81"),
         ("Привет".encode("cp1251"), "windows 1251", "Привет"),
         ("Größe".encode("cp850"), "cp-850", "Größe"),
         ("こんにちは".encode("iso2022_jp"), "iso-2022-jp", "こんにちは"),
