@@ -97,6 +97,7 @@ logging.getLogger("flufl.bounce").setLevel(logging.CRITICAL)
 
 _MAX_TEXT = 100_000  # bytes of body text we look at: long quotes never decide anything
 _MAX_PARTS = 200  # MIME parts we visit: a hostile message can nest thousands
+_FLUFL_MAX_BYTES = 256_000  # what flufl.bounce's line-by-line detectors get to read
 
 # --------------------------------------------------------------------------------------
 # Safe access to a message that may be broken in any way
@@ -1053,19 +1054,28 @@ def _flufl_detectors() -> list[type]:
 
 def _flufl_results(ctx: _Ctx) -> Iterator[tuple[str, set[str], set[str]]]:
     """(detector, temporary, permanent) from each flufl.bounce detector, in its order."""
+    msg = ctx.msg
+    if len(ctx.raw) > _FLUFL_MAX_BYTES:
+        # flufl.bounce's heuristic detectors scan every body line with dozens of patterns;
+        # a bounce that returns a 10 MB original would take seconds. The report is at the
+        # top, so they get the first part of the message.
+        try:
+            msg = email.message_from_bytes(ctx.raw[:_FLUFL_MAX_BYTES], policy=email.policy.default)
+        except Exception:
+            return
     detectors = _flufl_detectors()
     if not detectors:  # private list gone in a future flufl.bounce: use the public API
         try:
             from flufl.bounce import all_failures
 
-            temporary, permanent = all_failures(ctx.msg)
+            temporary, permanent = all_failures(msg)
         except Exception:
             return
         yield "all_failures", _clean(temporary, ctx), _clean(permanent, ctx)
         return
     for detector in detectors:
         try:
-            temporary, permanent = detector().process(ctx.msg)
+            temporary, permanent = detector().process(msg)
         except Exception:  # one detector tripping on broken mail must not hide the rest
             continue
         yield detector.__name__, _clean(temporary, ctx), _clean(permanent, ctx)
