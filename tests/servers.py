@@ -137,6 +137,16 @@ def _backdate(*paths: Path) -> None:
         os.utime(p, (then, then))
 
 
+def _rcpt_code(client: type[smtplib.SMTP], port: int, addr: str) -> int:
+    """Reply code to ``RCPT TO:<addr>`` on an SMTP or LMTP server (no mail is sent)."""
+    with client(HOST, port, timeout=10) as s:
+        s.ehlo_or_helo_if_needed()
+        s.mail("probe@example.test")
+        code, _ = s.rcpt(addr)
+        s.rset()
+    return code
+
+
 def _ensure_mail_user() -> pwd.struct_passwd:
     """The ``vmail`` user that owns all Maildirs; created if missing (CI does it too)."""
     try:
@@ -562,10 +572,12 @@ postlog   unix-dgram n - n - 1 postlogd
         return user.partition("@")[0].lower() + "pw"
 
     def add_user(self, addr: str) -> str:
-        """Add a mailbox while the stack runs; returns the address once SMTP accepts it.
+        """Add a mailbox while the stack runs; returns once Postfix and Dovecot both know it.
 
-        Dovecot re-reads its passwd-file when the file changes; Postfix's texthash map is
-        read at process start, hence ``postfix reload`` and a RCPT probe until it took effect.
+        Dovecot re-reads its passwd-file when the file changes, but checks at most once per
+        second; Postfix's texthash map is read at process start, hence ``postfix reload``.
+        Both are probed with RCPT (SMTP and LMTP) until the new user is accepted; a probe by
+        IMAP login would cost Dovecot's 2 s auth failure delay on every miss.
         """
         addr = _check_address(addr)
         if addr in self.users:
@@ -578,16 +590,19 @@ postlog   unix-dgram n - n - 1 postlogd
                 capture_output=True,
                 check=True,
             )
-
-            def accepted() -> bool:
-                with smtplib.SMTP(self.host, self.smtp_port, timeout=10) as s:
-                    s.ehlo("probe.example.test")
-                    s.mail("probe@example.test")
-                    code, _ = s.rcpt(addr)
-                    s.rset()
-                return code == 250
-
-            _wait(accepted, 15, f"Postfix to accept RCPT {addr}", self.maillog)
+            _wait(
+                lambda: _rcpt_code(smtplib.SMTP, self.smtp_port, addr) == 250,
+                15,
+                f"Postfix to accept RCPT {addr}",
+                self.maillog,
+            )
+        if self._dovecot is not None:
+            _wait(
+                lambda: _rcpt_code(smtplib.LMTP, self.lmtp_port, addr) == 250,
+                15,
+                f"Dovecot LMTP to accept RCPT {addr}",
+                self.dovecot_log,
+            )
         return addr
 
     # ---- mail
