@@ -42,7 +42,15 @@ _MAX_LINE = 1_000
 
 @dataclass(frozen=True, slots=True)
 class ReplyText:
-    """The new text of a reply, what decided it (for logs), and the whole decoded body."""
+    """The new text of a reply, what decided it (for logs), and the whole decoded body.
+
+    `method` reads "<source>:<steps>": source "plain" or "html"; steps joined by "+", in the
+    order they applied: "html-<client>" (HTML cut at a client's quote container), "history"
+    (cut at an attribution, separator or header block), "inline-quote", "quote", "sent-text"
+    (lines reproducing a text we sent), "signature", "disclaimer", "banner",
+    "mobile-signature", "contact-card", or "as-is" when nothing was removed. "empty" means
+    no readable body; "error:<exception>" an internal failure (text is then "").
+    """
 
     text: str
     method: str
