@@ -78,11 +78,14 @@ def main() -> int:
             cells = line.split("\t")
             if line.startswith("#") or cells[0] == "file" or len(cells) < 4 or not cells[3]:
                 continue
-            expected.setdefault(cells[0], set()).update(a.strip().lower()
-                                                        for a in cells[3].split(","))
-        exact = sum(1 for name, want in expected.items()
-                    if (got := results.get(f"flufl.bounce/tests/data/{name}"))
-                    and set(got.failed) == want)
+            expected.setdefault(cells[0], set()).update(
+                a.strip().lower() for a in cells[3].split(",")
+            )
+        exact = sum(
+            1
+            for name, want in expected.items()
+            if (got := results.get(f"flufl.bounce/tests/data/{name}")) and set(got.failed) == want
+        )
         print(f"\nflufl.bounce expected addresses found exactly: {exact}/{len(expected)}")
 
     sisimai = args.corpus / "sisimai-set-of-emails" / "expected.tsv"
@@ -100,8 +103,10 @@ def main() -> int:
                 agree[(is_five, got.permanent)] += 1
         print("sisimai status class vs our permanent flag (bounces only):")
         for (is_five, permanent), count in sorted(agree.items()):
-            print(f"  status {'5.x.x' if is_five else '4.x.x'} -> "
-                  f"{'hard' if permanent else 'soft'}: {count}")
+            print(
+                f"  status {'5.x.x' if is_five else '4.x.x'} -> "
+                f"{'hard' if permanent else 'soft'}: {count}"
+            )
     return 0
 
 

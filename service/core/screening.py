@@ -171,8 +171,10 @@ def _param(part: Message, name: str) -> str:
     return str(value or "").lower()
 
 
-_ADDR_RE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-                      r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+")
+_ADDR_RE = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+"
+)
 
 
 _MAX_HEADER = 8000  # an address header longer than this is an attack, not a To line
@@ -381,9 +383,8 @@ class _Ctx:
             return self.text
         if "loose" not in self._cache:
             raw = self.raw
-            cut = min((i for i in (raw.find(b"\n\n"), raw.find(b"\r\n\r\n")) if i >= 0),
-                      default=0)
-            self._cache["loose"] = raw[cut:cut + _MAX_TEXT].decode("utf-8", "replace")
+            cut = min((i for i in (raw.find(b"\n\n"), raw.find(b"\r\n\r\n")) if i >= 0), default=0)
+            self._cache["loose"] = raw[cut : cut + _MAX_TEXT].decode("utf-8", "replace")
         return str(self._cache["loose"])
 
     @property
@@ -490,10 +491,16 @@ _NDR_OPENING = re.compile(
     r"kon\s+niet\s+(worden\s+)?(bezorgd|afgeleverd)",
     re.I,
 )
-_MAILBOX_FULL = re.compile(r"mailbox\s+(is\s+)?full|over\s+quota|quota\s+exceeded|"
-                           r"exceeded\s+(the\s+)?(storage|quota)|5\.2\.2", re.I)
-_HARD_WORDS = re.compile(r"user\s+unknown|unknown\s+user|no\s+such\s+(user|mailbox|address)|"
-                         r"does\s+not\s+exist|doesn'?t\s+exist|5\.1\.[0-3]\b", re.I)
+_MAILBOX_FULL = re.compile(
+    r"mailbox\s+(is\s+)?full|over\s+quota|quota\s+exceeded|"
+    r"exceeded\s+(the\s+)?(storage|quota)|5\.2\.2",
+    re.I,
+)
+_HARD_WORDS = re.compile(
+    r"user\s+unknown|unknown\s+user|no\s+such\s+(user|mailbox|address)|"
+    r"does\s+not\s+exist|doesn'?t\s+exist|5\.1\.[0-3]\b",
+    re.I,
+)
 _TEMPORARY = re.compile(
     r"\bdelay(ed)?\b|\bwarning\b|will\s+(continue\s+to\s+)?(be\s+)?retr(y|ied)|"
     r"still\s+(being\s+)?(trying|retried)|not\s+yet\s+been\s+delivered|"
@@ -623,9 +630,19 @@ _CHALLENGE_WEAK = re.compile(
     r"(?:e-?mail\s+)?address)\s+to\b",
     re.I,
 )
-_LIST_HEADERS = ("list-id", "list-post", "list-help", "list-subscribe", "mailing-list",
-                 "x-mailman-version", "x-mlserver", "x-ml-name", "x-mailing-list",
-                 "x-list-administrivia", "x-beenthere")
+_LIST_HEADERS = (
+    "list-id",
+    "list-post",
+    "list-help",
+    "list-subscribe",
+    "mailing-list",
+    "x-mailman-version",
+    "x-mlserver",
+    "x-ml-name",
+    "x-mailing-list",
+    "x-list-administrivia",
+    "x-beenthere",
+)
 
 # --------------------------------------------------------------------------------------
 # VERP
@@ -637,8 +654,15 @@ _VERP_RE = re.compile(
     r"^(?P<local>[^@+\s]+)\+bounce-(?P<id>\d{1,18})(?:-[a-z0-9]{1,64})?@(?P<domain>[^@\s]+)$",
     re.I,
 )
-_RECIPIENT_HEADERS = ("delivered-to", "x-original-to", "envelope-to", "x-envelope-to",
-                      "x-delivered-to", "to", "cc")
+_RECIPIENT_HEADERS = (
+    "delivered-to",
+    "x-original-to",
+    "envelope-to",
+    "x-envelope-to",
+    "x-delivered-to",
+    "to",
+    "cc",
+)
 
 
 def verp_outbox_id(msg: Message, own_addresses: Collection[str] = ()) -> int | None:
@@ -691,8 +715,9 @@ def _field_blocks(part: Message) -> list[list[tuple[str, str]]]:
     if isinstance(payload, list) and payload:
         for block in payload:
             try:
-                blocks.append([(str(k).lower(), _decode_words(str(v)))
-                               for k, v in block.raw_items()])
+                blocks.append(
+                    [(str(k).lower(), _decode_words(str(v))) for k, v in block.raw_items()]
+                )
             except Exception:
                 continue
         if any(blocks):
@@ -755,9 +780,16 @@ def _dsn_recipients(part: Message) -> list[_Recipient]:
 
 
 _SUCCESS_ACTIONS = {"delivered", "relayed", "expanded", "deliverable"}
-_ACTION_ALIASES = {"failure": "failed", "fail": "failed", "error": "failed",
-                   "undeliverable": "failed", "bounced": "failed", "rejected": "failed",
-                   "delay": "delayed", "deferred": "delayed"}
+_ACTION_ALIASES = {
+    "failure": "failed",
+    "fail": "failed",
+    "error": "failed",
+    "undeliverable": "failed",
+    "bounced": "failed",
+    "rejected": "failed",
+    "delay": "delayed",
+    "deferred": "delayed",
+}
 
 
 # --------------------------------------------------------------------------------------
@@ -789,8 +821,14 @@ class Rule:
     check: Callable[[_Ctx], Screening | _Pass | None]
 
 
-def _verdict(ctx: _Ctx, kind: Kind, rule: str, detail: str,
-             failed: Collection[str] = (), permanent: bool = False) -> Screening:
+def _verdict(
+    ctx: _Ctx,
+    kind: Kind,
+    rule: str,
+    detail: str,
+    failed: Collection[str] = (),
+    permanent: bool = False,
+) -> Screening:
     reason = f"{rule}: {' '.join(detail.split())}"
     if kind is Kind.BOUNCE or kind is Kind.AUTOREPLY:
         outbox = verp_outbox_id(ctx.msg, ctx.own_addresses)
@@ -856,8 +894,9 @@ def _rule_unsubscribe(ctx: _Ctx) -> Screening | _Pass | None:
 
 
 def _rule_mdn(ctx: _Ctx) -> Screening | None:
-    parts = ctx.parts_of("message/disposition-notification",
-                         "message/global-disposition-notification")
+    parts = ctx.parts_of(
+        "message/disposition-notification", "message/global-disposition-notification"
+    )
     if ctx.report_type != "disposition-notification" and not parts:
         return None
     disposition = ""
@@ -868,19 +907,25 @@ def _rule_mdn(ctx: _Ctx) -> Screening | None:
             break
     # Sieve "reject" and Dovecot's quota rejections travel as MDNs with a "deleted"
     # (or "denied"/"failed") disposition: the mail never reached a person, a bounce.
-    if re.search(r";\s*(deleted|denied|failed)\b", disposition) or "rejected" in ctx.h(
-        "auto-submitted"
-    ).lower():
+    if (
+        re.search(r";\s*(deleted|denied|failed)\b", disposition)
+        or "rejected" in ctx.h("auto-submitted").lower()
+    ):
         failed = []
         for part in parts:
             m = re.search(r"^final-recipient\s*:\s*(.+)$", _part_text(part), re.I | re.M)
             if m and _dsn_address(m.group(1)):
                 failed.append(_dsn_address(m.group(1)))
         temporary = bool(_TEMPORARY.search(ctx.text[:2000]))
-        return _verdict(ctx, Kind.BOUNCE, "mdn",
-                        f"rejection sent as a disposition notification ({disposition or '?'})"
-                        + (f" for {', '.join(failed)}" if failed else ""),
-                        failed, permanent=not temporary)
+        return _verdict(
+            ctx,
+            Kind.BOUNCE,
+            "mdn",
+            f"rejection sent as a disposition notification ({disposition or '?'})"
+            + (f" for {', '.join(failed)}" if failed else ""),
+            failed,
+            permanent=not temporary,
+        )
     shown = f": {disposition}" if disposition else ""
     return _verdict(ctx, Kind.IGNORED, "mdn", f"read receipt (disposition notification{shown})")
 
@@ -911,19 +956,29 @@ def _rule_dsn(ctx: _Ctx) -> Screening | None:
     failed = [r for r in recipients if r.action not in _SUCCESS_ACTIONS]
     if not failed:
         who = ", ".join(r.address for r in recipients if r.address) or "?"
-        return _verdict(ctx, Kind.IGNORED, "dsn",
-                        f"success DSN ({recipients[0].action}) for {who}")
+        return _verdict(ctx, Kind.IGNORED, "dsn", f"success DSN ({recipients[0].action}) for {who}")
     # Hard: the MTA gave up ("failed", or no Action at all in broken DSNs) with a 5.x.x
     # status, except x.2.2 "mailbox full", which RFC 3463 allows for transient errors
     # and which clears when the person empties their mailbox: we retry those later.
-    hard = [r for r in failed if r.action in ("failed", "") and r.status[:1] in ("5", "")
-            and not r.status.startswith(("5.2.2",))]
+    hard = [
+        r
+        for r in failed
+        if r.action in ("failed", "")
+        and r.status[:1] in ("5", "")
+        and not r.status.startswith(("5.2.2",))
+    ]
     chosen = hard or failed
     codes = ",".join(sorted({r.status or "no status" for r in chosen}))
     who = ", ".join(r.address for r in chosen if r.address) or "unknown recipient"
     actions = ",".join(sorted({r.action or "no action" for r in chosen}))
-    return _verdict(ctx, Kind.BOUNCE, "dsn", f"{actions} {codes} for {who}",
-                    [r.address for r in chosen], permanent=bool(hard))
+    return _verdict(
+        ctx,
+        Kind.BOUNCE,
+        "dsn",
+        f"{actions} {codes} for {who}",
+        [r.address for r in chosen],
+        permanent=bool(hard),
+    )
 
 
 def _ses_field(ctx: _Ctx, name: str) -> str:
@@ -948,13 +1003,19 @@ def _rule_ses(ctx: _Ctx) -> Screening | None:
         return None
     text = ctx.text[:20000]
     block = re.search(r"bouncedRecipients\\?\"\s*:\s*\[(.*?)\]", text, re.S)
-    recipients = _addresses(re.findall(r'emailAddress\\?"\s*:\s*\\?"([^"\\]+)',
-                                       block.group(1) if block else ""))
+    recipients = _addresses(
+        re.findall(r'emailAddress\\?"\s*:\s*\\?"([^"\\]+)', block.group(1) if block else "")
+    )
     bounce_type = _ses_field(ctx, "bounceType")
     sub_type = _ses_field(ctx, "bounceSubType")
-    return _verdict(ctx, Kind.BOUNCE, "ses",
-                    f"Amazon SES {bounce_type}/{sub_type} for {', '.join(recipients) or '?'}",
-                    recipients, permanent=bounce_type.lower() == "permanent")
+    return _verdict(
+        ctx,
+        Kind.BOUNCE,
+        "ses",
+        f"Amazon SES {bounce_type}/{sub_type} for {', '.join(recipients) or '?'}",
+        recipients,
+        permanent=bounce_type.lower() == "permanent",
+    )
 
 
 def _rule_x_failed(ctx: _Ctx) -> Screening | None:
@@ -963,9 +1024,14 @@ def _rule_x_failed(ctx: _Ctx) -> Screening | None:
         return None
     failed = _addresses(values)
     permanent = _is_permanent(ctx, default=not _TEMPORARY.search(ctx.subject))
-    return _verdict(ctx, Kind.BOUNCE, "x-failed-recipients",
-                    f"Exim X-Failed-Recipients {', '.join(failed) or values[0]}",
-                    failed, permanent)
+    return _verdict(
+        ctx,
+        Kind.BOUNCE,
+        "x-failed-recipients",
+        f"Exim X-Failed-Recipients {', '.join(failed) or values[0]}",
+        failed,
+        permanent,
+    )
 
 
 # Where the returned original starts inside a text part (qmail, Exim, Sendmail, Notes):
@@ -997,8 +1063,9 @@ def _is_permanent(ctx: _Ctx, *, default: bool) -> bool:
     every address in "permanent", so their own opinion is only the default.
     """
     text = _report_text(ctx)
-    classes = {m.group(1) for m in _ENHANCED_RE.finditer(text) if not m.group(0).startswith(
-        "5.2.2")} | {m.group(1) for m in _REPLY_CODE_RE.finditer(text)}
+    classes = {
+        m.group(1) for m in _ENHANCED_RE.finditer(text) if not m.group(0).startswith("5.2.2")
+    } | {m.group(1) for m in _REPLY_CODE_RE.finditer(text)}
     classes.discard("2")
     if "5" in classes:
         return not _MAILBOX_FULL.search(text) or bool(_HARD_WORDS.search(text))
@@ -1092,9 +1159,15 @@ def _rule_flufl(ctx: _Ctx) -> Screening | None:
             continue
         failed = sorted(permanent or temporary)
         hard = bool(permanent) and _is_permanent(ctx, default=True)
-        return _verdict(ctx, Kind.BOUNCE, "flufl",
-                        f"{'permanent' if hard else 'temporary'} failure for {', '.join(failed)}"
-                        f" (flufl.bounce: {name}; {smell})", failed, permanent=hard)
+        return _verdict(
+            ctx,
+            Kind.BOUNCE,
+            "flufl",
+            f"{'permanent' if hard else 'temporary'} failure for {', '.join(failed)}"
+            f" (flufl.bounce: {name}; {smell})",
+            failed,
+            permanent=hard,
+        )
     return None
 
 
@@ -1142,8 +1215,11 @@ def _ndr_recipients(ctx: _Ctx, originals: list[Message]) -> list[str]:
             named.append(addr)
     sent_to: list[str] = []
     for original in originals[:1]:
-        sent_to = [a for a in _addresses(_headers(original, "to") + _headers(original, "cc"))
-                   if a not in ctx.own_addresses]
+        sent_to = [
+            a
+            for a in _addresses(_headers(original, "to") + _headers(original, "cc"))
+            if a not in ctx.own_addresses
+        ]
     if named and sent_to:
         both = [a for a in named if a in sent_to]
         return both or sent_to
@@ -1185,12 +1261,18 @@ def _rule_ndr_text(ctx: _Ctx) -> Screening | None:
     if _TEMPORARY.search(subject) and not _HARD_WORDS.search(subject):
         temporary = True
     else:
-        temporary = not _is_permanent(ctx, default=not (
-            _TEMPORARY.search(hit_text) or _TEMPORARY.search(ctx.opening)))
-    return _verdict(ctx, Kind.BOUNCE, "ndr-text",
-                    f"{'temporary' if temporary else 'permanent'} failure, {hit_text!r} ({smell})"
-                    + (f" for {', '.join(failed)}" if failed else ""),
-                    failed, permanent=not temporary)
+        temporary = not _is_permanent(
+            ctx, default=not (_TEMPORARY.search(hit_text) or _TEMPORARY.search(ctx.opening))
+        )
+    return _verdict(
+        ctx,
+        Kind.BOUNCE,
+        "ndr-text",
+        f"{'temporary' if temporary else 'permanent'} failure, {hit_text!r} ({smell})"
+        + (f" for {', '.join(failed)}" if failed else ""),
+        failed,
+        permanent=not temporary,
+    )
 
 
 def _rule_auto_submitted(ctx: _Ctx) -> Screening | None:
@@ -1202,12 +1284,18 @@ def _rule_auto_submitted(ctx: _Ctx) -> Screening | None:
 
 
 def _rule_autoreply_header(ctx: _Ctx) -> Screening | None:
-    for name in ("x-autoreply", "x-autorespond", "x-autoresponder", "x-autoreply-from",
-                 "x-mail-autoreply", "x-cr-hashedpuzzle-autoreply", "x-vacation"):
+    for name in (
+        "x-autoreply",
+        "x-autorespond",
+        "x-autoresponder",
+        "x-autoreply-from",
+        "x-mail-autoreply",
+        "x-cr-hashedpuzzle-autoreply",
+        "x-vacation",
+    ):
         for value in ctx.hs(name):
             if value.strip().lower() not in ("no", "false", "0"):
-                return _verdict(ctx, Kind.AUTOREPLY, "autoreply-header",
-                                f"{name}: {value[:40]}")
+                return _verdict(ctx, Kind.AUTOREPLY, "autoreply-header", f"{name}: {value[:40]}")
     for name in ("x-autogenerated", "x-auto-generated"):
         for value in ctx.hs(name):
             if value.strip().lower() in ("reply", "yes", "true", "1"):
@@ -1227,7 +1315,7 @@ def _strip_reply_prefixes(subject: str) -> str:
         m = _REPLY_PREFIX.match(subject)
         if not m:
             break
-        subject = subject[m.end():]
+        subject = subject[m.end() :]
     return subject.strip()
 
 
@@ -1244,8 +1332,7 @@ def _rule_autoreply_subject(ctx: _Ctx) -> Screening | None:
         again = _AUTOREPLY_SUBJECT.search(rest)
         if again and again.start() == 0 and not re.match(r"\s*\[", again.group(0)):
             return None
-    return _verdict(ctx, Kind.AUTOREPLY, "autoreply-subject",
-                    f"subject {m.group(0).strip()!r}")
+    return _verdict(ctx, Kind.AUTOREPLY, "autoreply-subject", f"subject {m.group(0).strip()!r}")
 
 
 def _opening(text: str, limit: int) -> str:
@@ -1309,8 +1396,7 @@ def _body_verdict(ctx: _Ctx, limit: int, need_support: bool) -> str:
     cue = _AUTO_CUE.search(text)
     if need_support and _REPLY_PREFIX.match(ctx.subject) and not cue:
         return ""
-    return f"short body opens {m.group(0)!r}" + (f", then {support.group(0)!r}"
-                                                 if support else "")
+    return f"short body opens {m.group(0)!r}" + (f", then {support.group(0)!r}" if support else "")
 
 
 def _rule_autoreply_body(ctx: _Ctx) -> Screening | None:
@@ -1342,15 +1428,24 @@ def _rule_verp(ctx: _Ctx) -> Screening | None:
     temporary = _TEMPORARY.search(ctx.subject)
     # Only bounces and auto-responders write to the envelope sender; auto-replies were
     # caught above, so this is an NDR we could not parse. Hard unless it says "delay".
-    return _verdict(ctx, Kind.BOUNCE, "verp", "unparsed report sent to our bounce address",
-                    permanent=not temporary)
+    return _verdict(
+        ctx,
+        Kind.BOUNCE,
+        "verp",
+        "unparsed report sent to our bounce address",
+        permanent=not temporary,
+    )
 
 
 def _rule_null_sender(ctx: _Ctx) -> Screening | None:
     paths = ctx.hs("return-path")
     if paths and paths[0].strip() in ("<>", "< >"):
-        return _verdict(ctx, Kind.AUTOREPLY, "null-sender",
-                        "Return-Path <>: sent with a null envelope sender (RFC 3834 §3.3)")
+        return _verdict(
+            ctx,
+            Kind.AUTOREPLY,
+            "null-sender",
+            "Return-Path <>: sent with a null envelope sender (RFC 3834 §3.3)",
+        )
     return None
 
 
@@ -1371,8 +1466,9 @@ def _rule_list(ctx: _Ctx) -> Screening | None:
     if ctx.hs("feedback-id"):
         return _verdict(ctx, Kind.IGNORED, "list", "Feedback-ID: bulk sender (ESP)")
     if ctx.hs("list-unsubscribe") and not _is_reply_to_us(ctx):
-        return _verdict(ctx, Kind.IGNORED, "list",
-                        "List-Unsubscribe on mail that is no reply to us")
+        return _verdict(
+            ctx, Kind.IGNORED, "list", "List-Unsubscribe on mail that is no reply to us"
+        )
     return None
 
 
@@ -1439,9 +1535,12 @@ def screen(
     """
     try:
         msg = _reparse_if_headless(msg, raw)
-        ctx = _Ctx(msg=msg, raw=bytes(raw) if isinstance(raw, bytes | bytearray) else b"",
-                   own_addresses=frozenset(a.strip().lower() for a in own_addresses if a),
-                   own_domain=(own_domain or "").strip().lower() or None)
+        ctx = _Ctx(
+            msg=msg,
+            raw=bytes(raw) if isinstance(raw, bytes | bytearray) else b"",
+            own_addresses=frozenset(a.strip().lower() for a in own_addresses if a),
+            own_domain=(own_domain or "").strip().lower() or None,
+        )
     except Exception:
         return None
     for rule in RULES:

@@ -48,8 +48,12 @@ def run_made(headers: dict[str, str], body: str = "Hello.\n") -> Screening | Non
     return screen(msg, raw, own_addresses=OWN, own_domain=DOMAIN)
 
 
-BASE = {"From": "Pat Doe <pat@example.com>", "To": "referrals@network.example",
-        "Subject": "Re: How did the introduction go?", "Content-Type": "text/plain"}
+BASE = {
+    "From": "Pat Doe <pat@example.com>",
+    "To": "referrals@network.example",
+    "Subject": "Re: How did the introduction go?",
+    "Content-Type": "text/plain",
+}
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -85,8 +89,9 @@ AUTOMATIC = [
 
 
 @pytest.mark.parametrize(("name", "kind", "rule", "failed", "permanent"), AUTOMATIC)
-def test_automatic_fixture(name: str, kind: Kind, rule: str, failed: tuple[str, ...],
-                           permanent: bool) -> None:
+def test_automatic_fixture(
+    name: str, kind: Kind, rule: str, failed: tuple[str, ...], permanent: bool
+) -> None:
     got = run(name)
     assert got is not None, name
     assert (got.kind, got.reason.split(":", 1)[0]) == (kind, rule), got.reason
@@ -143,16 +148,19 @@ def test_dsn_fields_win_over_quoted_original() -> None:
 # --------------------------------------------------------------------------- headers
 
 
-@pytest.mark.parametrize(("header", "value"), [
-    ("Auto-Submitted", "auto-generated"),
-    ("Auto-Submitted", "auto-notified"),
-    ("X-Autoreply", "yes"),
-    ("X-Autorespond", "Out of office"),
-    ("X-Autoresponder", "true"),
-    ("Precedence", "auto_reply"),
-    ("X-Precedence", "auto_reply"),
-    ("X-Mailer", "vacation 1.2.7"),
-])
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("Auto-Submitted", "auto-generated"),
+        ("Auto-Submitted", "auto-notified"),
+        ("X-Autoreply", "yes"),
+        ("X-Autorespond", "Out of office"),
+        ("X-Autoresponder", "true"),
+        ("Precedence", "auto_reply"),
+        ("X-Precedence", "auto_reply"),
+        ("X-Mailer", "vacation 1.2.7"),
+    ],
+)
 def test_autoreply_headers(header: str, value: str) -> None:
     got = run_made({**BASE, header: value})
     assert got is not None and got.kind is Kind.AUTOREPLY, got
@@ -180,10 +188,17 @@ def test_feedback_id_is_bulk() -> None:
     assert got is not None and got.reason.startswith("list:")
 
 
-@pytest.mark.parametrize("sender", [
-    "noreply@service.example", "no-reply@service.example", "donotreply@service.example",
-    "do-not-reply@service.example", "MAILER-DAEMON@mx.example", "postmaster@example.com",
-])
+@pytest.mark.parametrize(
+    "sender",
+    [
+        "noreply@service.example",
+        "no-reply@service.example",
+        "donotreply@service.example",
+        "do-not-reply@service.example",
+        "MAILER-DAEMON@mx.example",
+        "postmaster@example.com",
+    ],
+)
 def test_noreply_and_daemon_senders_are_never_people(sender: str) -> None:
     got = run_made({**BASE, "From": sender, "Subject": "Your settings"}, "Settings saved.\n")
     assert got is not None and got.kind in (Kind.IGNORED, Kind.BOUNCE)
@@ -197,32 +212,38 @@ def test_loop_from_own_address() -> None:
 # --------------------------------------------------------------------------- subjects
 
 
-@pytest.mark.parametrize("subject", [
-    "Automatic reply: How did the introduction go?",
-    "AUTO: Jane Doe is out of the office (returning 05/01/2026)",
-    "Out of Office: How did the introduction go?",
-    "Abwesenheitsnotiz: Wie lief die Vorstellung?",
-    "Réponse automatique : Comment s'est passée la présentation ?",
-    "Respuesta automática: ¿Qué tal la presentación?",
-    "Automatisch antwoord: Hoe ging de introductie?",
-    "Autosvar: How did the introduction go?",
-    "Automatische Antwort: Wie lief die Vorstellung?",
-    "Risposta automatica: com'è andata?",
-    "[Ticket #48213] Re: How did the introduction go?",
-    "Re: How did the introduction go? (Automatic Response)",
-])
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "Automatic reply: How did the introduction go?",
+        "AUTO: Jane Doe is out of the office (returning 05/01/2026)",
+        "Out of Office: How did the introduction go?",
+        "Abwesenheitsnotiz: Wie lief die Vorstellung?",
+        "Réponse automatique : Comment s'est passée la présentation ?",
+        "Respuesta automática: ¿Qué tal la presentación?",
+        "Automatisch antwoord: Hoe ging de introductie?",
+        "Autosvar: How did the introduction go?",
+        "Automatische Antwort: Wie lief die Vorstellung?",
+        "Risposta automatica: com'è andata?",
+        "[Ticket #48213] Re: How did the introduction go?",
+        "Re: How did the introduction go? (Automatic Response)",
+    ],
+)
 def test_autoreply_subjects(subject: str) -> None:
     got = run_made({**BASE, "Subject": subject}, "Thanks.\n")
     assert got is not None and got.kind is Kind.AUTOREPLY, subject
 
 
-@pytest.mark.parametrize("subject", [
-    "Re: How did the introduction go?",
-    "RE: Out of Office: How did the introduction go?",  # a person answering an OOO
-    "AW: Abwesenheitsnotiz: Wie lief die Vorstellung?",
-    "Intro: Ann <> Bob (I'm out of office next week)",
-    "Re: Automated testing intro",
-])
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "Re: How did the introduction go?",
+        "RE: Out of Office: How did the introduction go?",  # a person answering an OOO
+        "AW: Abwesenheitsnotiz: Wie lief die Vorstellung?",
+        "Intro: Ann <> Bob (I'm out of office next week)",
+        "Re: Automated testing intro",
+    ],
+)
 def test_subjects_people_write(subject: str) -> None:
     assert run_made({**BASE, "Subject": subject}, "It went well, thanks.\n") is None
 
@@ -232,18 +253,21 @@ def test_subjects_people_write(subject: str) -> None:
 NO_REPLY_SUBJECT = {**BASE, "Subject": "How did the introduction go?"}
 
 
-@pytest.mark.parametrize("body", [
-    "I am out of the office until 12 May with limited access to email.\n",
-    "I'm currently on annual leave, returning on 3 June. For urgent matters please "
-    "contact office@example.com.\n",
-    "Vielen Dank für Ihre Nachricht. Ich bin bis zum 14. Mai nicht im Büro.\n",
-    "Je suis absente jusqu'au 2 juin. En cas d'urgence contactez Paul.\n",
-    "Estoy fuera de la oficina hasta el 10 de junio. En caso de urgencia llame a Ana.\n",
-    "Ik ben tot en met 5 juni afwezig. In dringende gevallen kunt u Jan bellen.\n",
-    "This is an automated response. We will get back to you within 2 business days.\n",
-    "Your ticket has been received. Reference: [Ticket #123]\n",
-    "This mailbox is no longer monitored. Please write to team@example.com.\n",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "I am out of the office until 12 May with limited access to email.\n",
+        "I'm currently on annual leave, returning on 3 June. For urgent matters please "
+        "contact office@example.com.\n",
+        "Vielen Dank für Ihre Nachricht. Ich bin bis zum 14. Mai nicht im Büro.\n",
+        "Je suis absente jusqu'au 2 juin. En cas d'urgence contactez Paul.\n",
+        "Estoy fuera de la oficina hasta el 10 de junio. En caso de urgencia llame a Ana.\n",
+        "Ik ben tot en met 5 juni afwezig. In dringende gevallen kunt u Jan bellen.\n",
+        "This is an automated response. We will get back to you within 2 business days.\n",
+        "Your ticket has been received. Reference: [Ticket #123]\n",
+        "This mailbox is no longer monitored. Please write to team@example.com.\n",
+    ],
+)
 def test_body_only_autoreplies(body: str) -> None:
     got = run_made(NO_REPLY_SUBJECT, body)
     assert got is not None and got.kind is Kind.AUTOREPLY, body
@@ -257,15 +281,18 @@ def test_body_only_in_a_reply_needs_a_responder_cue() -> None:
     assert got is not None and got.kind is Kind.AUTOREPLY
 
 
-@pytest.mark.parametrize("body", [
-    "I was out of office last week, but the intro went great.\n",
-    "I'm out of the office until Monday, but quickly: the intro went great!\n",
-    "Ich bin bis Montag nicht im Büro, aber: wir haben uns kennengelernt, danke!\n",
-    "We met on Tuesday. I am travelling until Friday, more then.\n",
-    "Great intro. Out of office vibes here, but we talked already.\n",
-    # long human text that happens to contain an out-of-office sentence further down
-    "Thanks so much for connecting me with Bob. " * 30 + "I am away until May.\n",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "I was out of office last week, but the intro went great.\n",
+        "I'm out of the office until Monday, but quickly: the intro went great!\n",
+        "Ich bin bis Montag nicht im Büro, aber: wir haben uns kennengelernt, danke!\n",
+        "We met on Tuesday. I am travelling until Friday, more then.\n",
+        "Great intro. Out of office vibes here, but we talked already.\n",
+        # long human text that happens to contain an out-of-office sentence further down
+        "Thanks so much for connecting me with Bob. " * 30 + "I am away until May.\n",
+    ],
+)
 def test_people_mentioning_absence_pass(body: str) -> None:
     assert run_made(NO_REPLY_SUBJECT, body) is None
     assert run_made(BASE, body) is None
@@ -274,21 +301,25 @@ def test_people_mentioning_absence_pass(body: str) -> None:
 # --------------------------------------------------------------------------- robustness
 
 
-@pytest.mark.parametrize("raw", [
-    b"",
-    b"\n\n\n",
-    b"From: \nTo: \nSubject: \n\n",
-    b"From: <>\nSubject: =?x-unknown?q?=FF?=\n"
-    b"Content-Type: text/plain; charset=x-unknown\n\n\xff\xfe",
-    b"From: \"unterminated <a@b\nTo: ,,,@@@\nContent-Type: multipart/report\n\n--\n",
-    b"Content-Type: multipart/report; report-type=delivery-status; boundary=x\n\n--x\n"
-    b"Content-Type: message/delivery-status\nContent-Transfer-Encoding: base64\n\n!!!!\n--x--\n",
-    b"Subject: \xc3\x28\xa0\xa1\nFrom: Jos\xe9 <j@x>\n\nbody",
-    b"Content-Type: message/rfc822\n\nContent-Type: message/rfc822\n\n" * 50,
-    # inputs that once made address and line patterns backtrack quadratically
-    b"From: a@b.example\nTo: " + b"a" * 30000 + b"\nSubject: x\n\nhi\n",
-    b"From: MAILER-DAEMON@x.example\nSubject: Undeliverable\n\n" + b"\n" * 40000,
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"\n\n\n",
+        b"From: \nTo: \nSubject: \n\n",
+        b"From: <>\nSubject: =?x-unknown?q?=FF?=\n"
+        b"Content-Type: text/plain; charset=x-unknown\n\n\xff\xfe",
+        b'From: "unterminated <a@b\nTo: ,,,@@@\nContent-Type: multipart/report\n\n--\n',
+        b"Content-Type: multipart/report; report-type=delivery-status; boundary=x\n\n--x\n"
+        b"Content-Type: message/delivery-status\nContent-Transfer-Encoding: base64\n\n"
+        b"!!!!\n--x--\n",
+        b"Subject: \xc3\x28\xa0\xa1\nFrom: Jos\xe9 <j@x>\n\nbody",
+        b"Content-Type: message/rfc822\n\nContent-Type: message/rfc822\n\n" * 50,
+        # inputs that once made address and line patterns backtrack quadratically
+        b"From: a@b.example\nTo: " + b"a" * 30000 + b"\nSubject: x\n\nhi\n",
+        b"From: MAILER-DAEMON@x.example\nSubject: Undeliverable\n\n" + b"\n" * 40000,
+    ],
+)
 def test_broken_messages_never_raise(raw: bytes) -> None:
     msg = email.message_from_bytes(raw, policy=email.policy.default)
     result = screen(msg, raw, own_addresses=OWN, own_domain=DOMAIN)
@@ -299,8 +330,7 @@ def test_leading_blank_line_is_reparsed() -> None:
     # some exports start with an empty line, which hides every header from the parser
     _, raw = load("exim_x_failed.eml")
     raw = b"\n" + raw
-    got = screen(email.message_from_bytes(raw, policy=email.policy.default), raw,
-                 own_addresses=OWN)
+    got = screen(email.message_from_bytes(raw, policy=email.policy.default), raw, own_addresses=OWN)
     assert got is not None and got.kind is Kind.BOUNCE
 
 
@@ -329,16 +359,27 @@ def _mutate(data: bytes, rnd: random.Random) -> bytes:
         if op == 0 and out:  # flip a byte
             out[min(pos, len(out) - 1)] = rnd.randrange(256)
         elif op == 1:  # insert junk, often header-like
-            out[pos:pos] = rnd.choice([b"\n", b"\r\n", b": ", b"=?utf-8?q?=FF?=", b"--",
-                                       b"\nContent-Type: multipart/report; boundary=\n",
-                                       b"\x00", b"\xff\xfe", b"<>", b"@"])
+            out[pos:pos] = rnd.choice(
+                [
+                    b"\n",
+                    b"\r\n",
+                    b": ",
+                    b"=?utf-8?q?=FF?=",
+                    b"--",
+                    b"\nContent-Type: multipart/report; boundary=\n",
+                    b"\x00",
+                    b"\xff\xfe",
+                    b"<>",
+                    b"@",
+                ]
+            )
         elif op == 2:  # truncate
             del out[pos:]
         elif op == 3:  # duplicate a slice
             end = min(len(out), pos + rnd.randrange(200))
             out[pos:pos] = out[pos:end]
         else:  # delete a slice
-            del out[pos:pos + rnd.randrange(50)]
+            del out[pos : pos + rnd.randrange(50)]
     return bytes(out)
 
 
