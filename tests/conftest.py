@@ -48,6 +48,26 @@ def _load_servers() -> ModuleType:
 
 servers = _load_servers()
 
+
+def _load_support() -> ModuleType:
+    """Import ``tests/support.py`` (end-to-end helpers) by path, like servers.py."""
+    name = "introloop_test_support"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, TESTS_DIR / "support.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def e2e(mailstack: MailStack, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A fresh Introloop (own database) against the shared mail stack, mailboxes emptied."""
+    mailstack.reset()
+    return _load_support().E2E(mailstack, tmp_path / "data")
+
 SERVICE_ADDRESS = "referrals@example.test"
 MAIL_USERS = (
     SERVICE_ADDRESS,
