@@ -137,7 +137,8 @@ def run(ctx: Ctx, once: bool, dry_run: bool, as_json: bool) -> None:
 def _print_report(report: Any, as_json: bool) -> None:
     if as_json:
         _out({"fetched": report.fetched, "processed": report.processed,
-              "queued": report.queued, "sent": report.sent, "failed": report.failed})
+              "queued": report.queued, "sent": report.sent, "failed": report.failed,
+              "steps": report.steps})
         return
     click.echo(f"fetched {report.fetched} message(s)")
     for inbound_id, kind, reason in report.processed:
@@ -146,6 +147,8 @@ def _print_report(report: Any, as_json: bool) -> None:
         click.echo(f"  queued {kind} for {to}")
     for kind, to, subject in report.sent:
         click.echo(f"  sent {kind} to {to}: {subject}")
+    for party, status, note in report.steps:
+        click.echo(f"  {party}: {status} ({note})")
     for kind, to, error in report.failed:
         click.echo(f"  not sent {kind} to {to}: {error}")
 

@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     summary_hour: int = Field(ge=0, le=23)
     poll_interval: timedelta
 
+    # who reads the replies nobody could classify with confidence: operator or referrer
+    unclear_to: Literal["operator", "referrer"]
+
     # who may create referrals (besides members)
     allow_senders: Annotated[tuple[str, ...], NoDecode] = ()
 

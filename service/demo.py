@@ -69,6 +69,10 @@ class Story:
                 "rejected": "rejected",
             }.get(kind, kind)
             self.say(when, f"{label}: {reason}", kind=kind)
+        for party, status, _note in report.steps:
+            if status == "noresponse":
+                self.say(when, f"{party} answered neither the request nor the reminder: "
+                         "counted as 'no response', not asked again", party=party)
         for kind, to, subject in report.sent:
             self.say(when, f"sent {NICE.get(kind, kind)} to {to}: “{subject}”", to=to,
                      message=kind)
@@ -176,7 +180,7 @@ def run_demo(directory: Path, *, as_json: bool = False) -> None:
 
     step(START + timedelta(days=7, hours=2))  # Frank has not answered: one reminder
     step(START + timedelta(days=11, hours=2))  # still nothing: Frank counts as no response
-    step(START + timedelta(days=18, hours=3))  # two weeks after Erin's "not yet": ask again
+    step(START + timedelta(days=18, hours=7))  # two weeks after Erin's "not yet": ask again
     # the 1st of next month, after the summary hour in the members' timezone
     first = Month.of(START, settings.zone).next().start(settings.zone)
     step(first + timedelta(hours=9, minutes=5))
@@ -190,5 +194,6 @@ def run_demo(directory: Path, *, as_json: bool = False) -> None:
     click.echo(f"\n{len(files)} emails were sent; open them with any mail program:")
     for f in files:
         click.echo(f"  {f}")
-    click.echo(f"\nSee the state: introloop --env-file /dev/null referrals (with "
-               f"INTROLOOP_DATA_DIR={directory} INTROLOOP_ADDRESS=referrals@demo.example)")
+    click.echo("\nSee the referrals it recorded:\n"
+               f"  INTROLOOP_DATA_DIR={directory} INTROLOOP_ADDRESS=referrals@demo.example "
+               "introloop --env-file /dev/null referrals")

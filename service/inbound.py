@@ -375,7 +375,7 @@ class InboundMixin(LoopBase):
             return Kind.REPLY, f"reply recorded; party is {party.status}, nothing sent"
         step = reply_step(
             state, verdict, self.clock.now(), self.policy,
-            reply_key=str(reply_row.id), operator=self._operator(),
+            reply_key=str(reply_row.id), operator=self._reviewer(state.referrer),
         )
         self._apply(s, party, step, report, reply_row=reply_row)
         why = f"matched by {matched_by}; {verdict.outcome} ({verdict.rule}"

@@ -53,6 +53,7 @@ class PassReport:
     queued: list[tuple[str, str, str]] = field(default_factory=list)  # (kind, to, key)
     sent: list[tuple[str, str, str]] = field(default_factory=list)  # (kind, to, subject)
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # (kind, to, error)
+    steps: list[tuple[str, str, str]] = field(default_factory=list)  # (party, status, note)
 
     def merge(self, other: PassReport) -> None:
         """Add another report's lines to this one."""
@@ -61,6 +62,7 @@ class PassReport:
         self.queued += other.queued
         self.sent += other.sent
         self.failed += other.failed
+        self.steps += other.steps
 
 
 def content_hash(raw: bytes) -> str:
@@ -107,6 +109,12 @@ class LoopBase:
 
 
     # ------------------------------------------------------------------ state helpers
+
+    def _reviewer(self, referrer: Person) -> Person | None:
+        """Who reads replies the classifier could not: INTROLOOP_UNCLEAR_TO decides."""
+        if self.settings.unclear_to == "referrer":
+            return referrer
+        return self._operator()
 
     def _operator(self) -> Person | None:
         return Person(self.settings.operator, "Operator") if self.settings.operator else None

@@ -64,6 +64,7 @@ class OutboundMixin(LoopBase):
                 step = due_step(self._party_state(s, party), now, self.policy)
                 self._apply(s, party, step, report)
                 self._event("party_step", party=party.id, status=step.status, note=step.note)
+                report.steps.append((party.email, str(step.status), step.note))
             self._beat(s, "send_due")
         return report
 

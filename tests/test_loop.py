@@ -76,7 +76,8 @@ def reply(loop: Loop, to_row: Outbox, sender: str, text: str, n: int = 0, **extr
                "In-Reply-To": f"<{to_row.message_id}>", **extra}
     head = "".join(f"{k}: {v}\n" for k, v in headers.items())
     quoted = "\n".join("> " + line for line in msg.get_body(("plain",)).get_content().splitlines())
-    return f"{head}Content-Type: text/plain; charset=utf-8\n\n{text}\n\nOn Monday, Test Network wrote:\n{quoted}\n"
+    return (f"{head}Content-Type: text/plain; charset=utf-8\n\n{text}\n\n"
+            f"On Monday, Test Network wrote:\n{quoted}\n")
 
 
 def sent_kinds(loop: Loop) -> list[tuple[str, str]]:
@@ -240,3 +241,23 @@ def test_monthly_summary_sent_once(world) -> None:
     summary = next(o for o in outbox(loop) if o.kind == "monthly_summary")
     text = message_from_bytes(summary.raw, policy=policy.default).get_body(("plain",)).get_content()
     assert "October 2026" in text and "worked" in text
+
+
+def test_unclear_replies_can_go_to_the_referrer(tmp_path: Path) -> None:
+    st = settings(tmp_path, unclear_to="referrer", feedback_delay="0s")
+    loop = build_loop(st, clock=FrozenClock(START))
+    add_member(st, "alice@example.com", "Alice Martin", None, ())
+    deliver(loop, INTRO.format(n=9))
+    loop.run_once()
+    deliver(loop, reply(loop, request_to(loop, "bob@acme.example"), "bob@acme.example",
+                        "Who are you?"))
+    loop.run_once()
+    assert ("unclear_review", "alice@example.com") in sent_kinds(loop)
+    review = next(o for o in outbox(loop) if o.kind == "unclear_review")
+    # the referrer settles it by replying with one word, exactly like an operator
+    msg = message_from_bytes(review.raw, policy=policy.default)
+    deliver(loop, f"From: alice@example.com\nTo: {msg['Reply-To']}\nSubject: Re: x\n"
+                  f"Message-ID: <verdict-9@example.com>\n\nnegative\n")
+    r = loop.run_once()
+    assert "settled as negative" in r.processed[0][2]
+    assert ("lessons", "alice@example.com") in sent_kinds(loop)

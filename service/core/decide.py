@@ -251,7 +251,7 @@ def reply_step(
                      thread_with_request=True),
             ),
             outcome=Outcome.PENDING,
-            note=f"not yet: ask again at {recheck_at.isoformat()}",
+            note=f"not yet: ask again on {recheck_at:%Y-%m-%d %H:%M} UTC",
         )
     # unclear: never guess; a person decides
     sends: tuple[Send, ...] = ()
