@@ -85,7 +85,7 @@ def _spawn_run(env: dict[str, str], tmp: Path) -> subprocess.Popen[str]:
     full = {**os.environ, **env, "INTROLOOP_POLL_INTERVAL": "5s", "INTROLOOP_LOG_LEVEL": "INFO"}
     return subprocess.Popen(
         [sys.executable, "-m", "service.cli", "--env-file", "/nonexistent", "run"],
-        env=full, stdout=subprocess.PIPE, stderr=open(tmp / "run.log", "w"),  # noqa: SIM115
+        env=full, stdout=subprocess.PIPE, stderr=open(tmp / "run.log", "w"),
         text=True, cwd=tmp,
     )
 
