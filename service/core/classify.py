@@ -488,9 +488,8 @@ class Classifier:
         p_top = probs[top]
         name = self.model.name if self.model else "lr"
         model_rule = f"model:{name} {top.value} p={p_top:.2f}"
-        if top == Outcome.OPTOUT and p_top >= t["optout"]:
-            return Classification(Outcome.OPTOUT, p_top, model_rule, language)
-
+        # The model's own opt-out verdict is taken only where no phrase cue speaks (below),
+        # so "never answered my e-mails" (a negative cue) cannot become an opt-out.
         if decided is not None:
             label, cue, conf = decided
             if top == label:
