@@ -178,6 +178,26 @@ class MailboxState(SQLModel, table=True):
     __table_args__ = (sa.UniqueConstraint("mailbox", "folder", name="uq_mailbox_state_folder"),)
 
 
+class SummaryLog(SQLModel, table=True):
+    """Monthly summaries already dealt with: queued, or nothing to report, per recipient and month.
+
+    The scheduler checks this small table on every tick instead of rebuilding summaries; the
+    unique key makes a second worker's attempt fail instead of sending twice.
+    """
+
+    __tablename__ = "summary_log"
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=20)  # member | network
+    recipient: str = Field(max_length=320)
+    month: str = Field(max_length=7, index=True)  # YYYY-MM
+    status: str = Field(max_length=20)  # queued | empty | suppressed
+    created_at: datetime = Field(sa_column=_ts(False))
+
+    __table_args__ = (
+        sa.UniqueConstraint("kind", "recipient", "month", name="uq_summary_log_recipient_month"),
+    )
+
+
 class Heartbeat(SQLModel, table=True):
     """When each kind of work last completed: health checks read these."""
 
