@@ -5,10 +5,12 @@
     .venv/bin/python bench/classifier_report.py --errors      # also list the wrong items
 
 Held-out sets (never trained on; bench/train_classifier.py refuses near-copies of them):
-``shared/devset/replies.jsonl`` and the 64 "fresh" replies of Appendix A in
-``shared/notes/classifier.md``. Prints accuracy on answered replies, macro-F1, the share
-sent to unclear, the confusion matrix, positive<->negative confusions and missed opt-outs,
-then per-reply latency and load time. Benchmarks print; they assert nothing.
+our own ``config/classifier/check.jsonl`` (68 replies written after the rules and model
+were frozen), and, when ../shared exists, ``shared/devset/replies.jsonl`` and the 64
+"fresh" replies of Appendix A in ``shared/notes/classifier.md``. Prints accuracy on
+answered replies, macro-F1, the share sent to unclear, the confusion matrix,
+positive<->negative confusions and missed opt-outs, then per-reply latency and load
+time. Benchmarks print; they assert nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from service.classifier_data import load_classifier  # noqa: E402
 from service.core.classify import Classifier  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+CHECK = REPO / "config" / "classifier" / "check.jsonl"
 LABELS = ("positive", "negative", "pending", "optout", "unclear")
 
 
@@ -149,9 +152,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--rules-only", action="store_true", help="ignore model.json")
     ap.add_argument("--errors", action="store_true", help="list misclassified replies")
     args = ap.parse_args(argv)
-    if not (SHARED / "devset" / "replies.jsonl").is_file():
-        print(f"no held-out data at {SHARED}: nothing to report")
-        return 0
     clf = load_classifier()
     if args.rules_only:
         clf = Classifier(clf_vocabulary())
@@ -162,6 +162,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rules only" if clf.model is None else f"rules + {clf.model.name}",
         f"thresholds {clf.thresholds}",
     )
+    check = [json.loads(line) for line in CHECK.read_text(encoding="utf-8").splitlines() if line]
+    report("own check set (config/classifier/check.jsonl)", check, clf, args.errors)
+    if not (SHARED / "devset" / "replies.jsonl").is_file():
+        print(f"\nno held-out data at {SHARED}: dev set and Appendix A not reported")
+        timing(clf, [r["text"] for r in check], args.rules_only)
+        return 0
     dev = load_devset()
     report("dev set (shared/devset/replies.jsonl)", dev, clf, args.errors)
     if (SHARED / "notes" / "classifier.md").is_file():

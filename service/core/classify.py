@@ -88,6 +88,7 @@ _TRANSLATE = str.maketrans(
 _WS = re.compile(r"\s+")
 _TOKEN = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*|\d+|[^\w\s]")
 _SHORT_STRIP = re.compile(r"[^\w\s'?]")
+_CLAUSE = re.compile(r"[^.,;:!?\n]+")
 
 
 def normalize(text: str) -> str:
@@ -178,6 +179,8 @@ class Cue:
     name: str
     start: int
     end: int
+    # A weak cue ("great call", a leading "yes,") counts only when the model agrees.
+    weak: bool = False
 
     @property
     def rule(self) -> str:
@@ -191,6 +194,7 @@ class _Pattern:
     lang: str
     name: str
     regex: re.Pattern[str]
+    weak: bool = False
 
 
 @dataclass(slots=True)
@@ -295,9 +299,12 @@ class Classifier:
             for name, rx in spec.get("optout", {}).items():
                 self._optout.append(_Pattern(Outcome.OPTOUT, lang, name, re.compile(rx)))
             self._traps.extend(re.compile(rx) for rx in spec.get("optout_traps", {}).values())
+            weak = frozenset(spec.get("weak", ()))
             for label in PHRASE_LABELS:
                 for name, rx in spec.get(label.value, {}).items():
-                    self._phrases.append(_Pattern(label, lang, name, re.compile(rx)))
+                    self._phrases.append(
+                        _Pattern(label, lang, name, re.compile(rx), weak=name in weak)
+                    )
             for label_name, phrases in spec.get("short", {}).items():
                 label = Outcome(label_name)
                 for phrase in phrases:
@@ -354,7 +361,7 @@ class Classifier:
         probs = (
             self.model.predict(features(norm, self.negators, self.contrast)) if self.model else None
         )
-        cues = self._phrase_cues(norm)
+        cues = self._phrase_cues(norm) or self._clause_cues(norm)
         decided = self._resolve_cues(norm, cues)
         if decided is not None and decided[1].lang in self._stopwords:
             language = decided[1].lang
@@ -426,7 +433,7 @@ class Classifier:
 
     def _phrase_cues(self, norm: str) -> list[Cue]:
         found = [
-            Cue(pat.label, pat.lang, pat.name, m.start(), m.end())
+            Cue(pat.label, pat.lang, pat.name, m.start(), m.end(), pat.weak)
             for pat in self._phrases
             for m in pat.regex.finditer(norm)
             if m.end() > m.start()
@@ -440,6 +447,20 @@ class Classifier:
                 kept.append(cue)
         kept.sort(key=lambda c: c.start)
         return kept
+
+    def _clause_cues(self, norm: str) -> list[Cue]:
+        """Short answers opening a clause ("Yep, all good", "Really good. Not what I ...")."""
+        cues = []
+        for m in _CLAUSE.finditer(norm):
+            key = _short_key(m.group())
+            hit = self._short.get(key)
+            if hit is None:
+                stripped = _WS.sub(" ", self._fillers.sub(" ", key)).strip(" '")
+                hit = self._short.get(stripped) if stripped else None
+            if hit is not None and hit[0] in PHRASE_LABELS:
+                name = f"clause:{key}"
+                cues.append(Cue(hit[0], hit[1], name, m.start(), m.end(), weak=True))
+        return cues
 
     def _resolve_cues(self, norm: str, cues: Sequence[Cue]) -> tuple[Outcome, Cue, float] | None:
         if not cues:
@@ -490,6 +511,8 @@ class Classifier:
         model_rule = f"model:{name} {top.value} p={p_top:.2f}"
         # The model's own opt-out verdict is taken only where no phrase cue speaks (below),
         # so "never answered my e-mails" (a negative cue) cannot become an opt-out.
+        if decided is not None and decided[1].weak and decided[0] != top:
+            decided = None  # a weak cue the model does not share: the model alone decides
         if decided is not None:
             label, cue, conf = decided
             if top == label:
