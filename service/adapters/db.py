@@ -10,7 +10,8 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.orm import Mapper
 
 from service.adapters import tables  # noqa: F401  (registers the tables on the metadata)
 
@@ -19,6 +20,29 @@ MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 class DatabaseError(Exception):
     """The database cannot be reached or used; the message is one line naming the fix."""
+
+
+class ValueTooLong(ValueError):
+    """A value does not fit its column. PostgreSQL refuses it and SQLite would silently store
+    it; checking before the INSERT makes both backends fail the same way, with a clear line."""
+
+
+def is_postgres(engine: Engine) -> bool:
+    """True on PostgreSQL (row locks and SKIP LOCKED work), False on SQLite."""
+    return engine.dialect.name == "postgresql"
+
+
+def unavailable(exc: BaseException) -> bool:
+    """True when `exc` says the database cannot be used right now (down, unreachable, locked,
+    read-only, disk full), as opposed to a problem with the data being written."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        # PostgreSQL in recovery or with default_transaction_read_only
+        return "read-only transaction" in str(exc.orig)
+    return False
 
 
 def make_engine(url: str) -> Engine:
@@ -33,6 +57,8 @@ def make_engine(url: str) -> Engine:
     if url.startswith("postgresql://"):
         # SQLAlchemy 2.1 picks the driver for a bare postgresql:// URL; name psycopg 3 explicitly
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    # pre-ping: a worker outlives database restarts; a dead pooled connection is replaced
+    # instead of failing the next unit of work
     return sa.create_engine(url, pool_pre_ping=True)
 
 
@@ -52,6 +78,35 @@ def _sqlite_setup(engine: Engine) -> None:
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _clean_values(_mapper: Mapper[Any], _conn: sa.Connection, target: Any) -> None:
+    """Before every ORM INSERT/UPDATE: make text values storable the same way on both backends.
+
+    - NUL characters: legal in SQLite text, refused by PostgreSQL ("cannot contain NUL"); they
+      never mean anything in mail headers or text, so they become U+FFFD everywhere.
+    - lengths: PostgreSQL enforces VARCHAR(n), SQLite does not; check here so an overlong
+      value fails identically (and readably) on both.
+    """
+    state = sa.inspect(target)
+    for attr in state.mapper.column_attrs:
+        value = state.dict.get(attr.key)
+        if not isinstance(value, str):
+            continue
+        if "\x00" in value:
+            value = value.replace("\x00", "\ufffd")
+            setattr(target, attr.key, value)
+        length = getattr(attr.columns[0].type, "length", None)
+        if length is not None and len(value) > length:
+            table = state.mapper.persist_selectable.name  # type: ignore[attr-defined]
+            raise ValueTooLong(
+                f"{table}.{attr.key} would be {len(value)} characters, over its limit of {length}"
+            )
+
+
+# every table, both backends (registered once, at import)
+sa.event.listen(Mapper, "before_insert", _clean_values)
+sa.event.listen(Mapper, "before_update", _clean_values)
 
 
 def alembic_config(engine: Engine) -> Config:
@@ -77,11 +132,14 @@ def describe_db_error(engine: Engine, exc: BaseException) -> str:
     text = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc) else repr(exc)
     if "readonly" in text or "read-only" in text:
         return f"database {url} is read-only: {text}; give the service write access to it"
-    if ("disk" in text and "full" in text) or "No space" in text:
+    if ("disk" in text and "full" in text) or "No space" in text or "could not extend" in text:
         return f"database {url}: disk full ({text}); free space on its volume"
     if "unable to open" in text:
         return f"cannot open database {url}: {text}; check INTROLOOP_DATA_DIR / DATABASE_URL"
-    if "Connection refused" in text or "could not connect" in text or "connection" in text:
+    if "locked" in text:
+        return f"database {url} is busy ({text}); another process holds a long write lock"
+    if ("Connection refused" in text or "could not connect" in text or "connection" in text
+            or "shutting down" in text or "terminating" in text):
         return f"cannot reach database {url}: {text}; is the server running?"
     return f"database {url}: {text}"
 
