@@ -117,6 +117,15 @@ class Settings(BaseSettings):
     summary_hour: int = Field(ge=0, le=23)
     poll_interval: timedelta
 
+    # several workers (PostgreSQL): how long a worker's claim on inbound messages and outbox
+    # rows, and its hold on reading the mailbox, last without renewal before others take over
+    claim_lease: timedelta = timedelta(minutes=5)
+    mailbox_lease: timedelta = timedelta(seconds=90)
+    # hostile input: bigger messages are kept in quarantine unparsed; more intros/replies than
+    # this from one sender in an hour are quarantined (0: no limit)
+    max_message_bytes: int = Field(default=25_000_000, ge=1024)
+    sender_hourly_limit: int = Field(default=30, ge=0)
+
     # who reads the replies nobody could classify with confidence: operator or referrer
     unclear_to: Literal["operator", "referrer"]
 
@@ -167,6 +176,22 @@ class Settings(BaseSettings):
         if isinstance(v, timedelta):
             return v
         return parse_duration(str(v))
+
+    @field_validator("claim_lease", "mailbox_lease", mode="before")
+    @classmethod
+    def _lease(cls, v: Any) -> timedelta:
+        value = v if isinstance(v, timedelta) else parse_duration(str(v))
+        if value < timedelta(seconds=1):
+            raise ValueError("is too short; write e.g. 90s or 5m")
+        return value
+
+    @field_validator("max_message_bytes", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        m = re.fullmatch(r"\s*(\d+)\s*([kmg]?)b?\s*", str(v), re.IGNORECASE)
+        if not m:
+            raise ValueError(f"{v!r} is not a size; write e.g. 25MB, 500KB or 1000000")
+        return int(m.group(1)) * {"": 1, "k": 1000, "m": 10**6, "g": 10**9}[m.group(2).lower()]
 
     @field_validator("timezone", mode="before")
     @classmethod
