@@ -249,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "positive": (0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8),
         "pending": (0.35, 0.45, 0.55),
         "unclear": (0.35, 0.45, 0.55),
-        "optout": (0.5, 0.7, 0.85),
+        "optout": (0.5, 0.7, 0.85, 0.95),
         "rule_floor": (0.05, 0.15, 0.3, 0.45),
         "rule_veto": (0.4, 0.6),
     }

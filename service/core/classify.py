@@ -467,7 +467,9 @@ class Classifier:
             return None
         labels = {c.label for c in cues}
         if len(labels) == 1:
-            return cues[-1].label, cues[-1], _CONF_PHRASE
+            # A strong cue speaks for the reply; it is weak only if every cue is weak.
+            strong = [c for c in cues if not c.weak]
+            return cues[-1].label, (strong or cues)[-1], _CONF_PHRASE
         # Mixed reply: the last clause after a contrast word that carries a cue decides
         # ("great guy, but no budget" -> negative; "slow start, but we signed" -> positive).
         if self._contrast_re is not None:
@@ -500,7 +502,7 @@ class Classifier:
         decided, probs, language = analysis.decided, analysis.probabilities, analysis.language
         t = self.thresholds if thresholds is None else {**self.thresholds, **thresholds}
         if probs is None:
-            if decided is None:
+            if decided is None or decided[1].weak:
                 return Classification(Outcome.UNCLEAR, 0.0, "no-cue (no model loaded)", language)
             label, cue, conf = decided
             return Classification(label, conf, cue.rule, language)
@@ -512,6 +514,10 @@ class Classifier:
         # The model's own opt-out verdict is taken only where no phrase cue speaks (below),
         # so "never answered my e-mails" (a negative cue) cannot become an opt-out.
         if decided is not None and decided[1].weak and decided[0] != top:
+            if _OPPOSITE.get(decided[0]) == top:
+                # Praise against a model that reads a refusal: mixed evidence, a person decides.
+                rule = f"conflict {decided[1].rule} vs {model_rule}"
+                return Classification(Outcome.UNCLEAR, p_top, rule, language)
             decided = None  # a weak cue the model does not share: the model alone decides
         if decided is not None:
             label, cue, conf = decided
