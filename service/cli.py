@@ -510,7 +510,11 @@ def quarantine_show(ctx: Ctx, message_id: int, raw: bool) -> None:
 @pass_ctx
 @friendly
 def quarantine_retry(ctx: Ctx, ids: tuple[int, ...], retry_all: bool, dry_run: bool) -> None:
-    """Process quarantined messages again (after a fix), with progress."""
+    """Process quarantined messages again (after a fix), with progress.
+
+    A rejected or ignored message can be named by id too, e.g. an intro from someone who
+    was made a member after it arrived (`introloop quarantine list --all` shows them).
+    """
     from service.app import build_loop
     from service.queries import quarantined_ids
 

@@ -131,6 +131,13 @@ class Settings(BaseSettings):
 
     # who may create referrals (besides members)
     allow_senders: Annotated[tuple[str, ...], NoDecode] = ()
+    # sender authentication of intros (service/core/auth.py): Authentication-Results stamped
+    # by these authserv-ids count (any other is ignored: it may be forged); direct DKIM
+    # verification needs DNS, so it is off unless asked for
+    trusted_authserv_id: Annotated[tuple[str, ...], NoDecode] = ()
+    verify_dkim: bool = False
+    # tell the referrer "Got it: tracking your intro of …" (reply "cancel" to undo)
+    confirm_intros: bool = False
 
     @field_validator("address", mode="before")
     @classmethod
@@ -215,6 +222,16 @@ class Settings(BaseSettings):
             return time(h1, m1), time(h2, m2)
         except ValueError:
             raise ValueError(f"{v!r} has an impossible time") from None
+
+    @field_validator("trusted_authserv_id", mode="before")
+    @classmethod
+    def _authserv_ids(cls, v: Any) -> tuple[str, ...]:
+        items = _split_list(v)
+        for item in items:
+            if not re.fullmatch(r"[a-z0-9._-]+", item):
+                raise ValueError(f"{item!r} is not a server name such as mx.google.com (the "
+                                 "first word of the Authentication-Results your server adds)")
+        return items
 
     @field_validator("allow_senders", mode="before")
     @classmethod

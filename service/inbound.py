@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from email import message_from_bytes, policy
 from typing import Any
 
 import structlog
 from sqlmodel import Session, col, select
 
+from service.adapters.dns import dkim_verifier
 from service.adapters.tables import (
     Inbound,
     MailboxState,
@@ -18,6 +18,7 @@ from service.adapters.tables import (
     Party,
     Referral,
     Reply,
+    as_utc,
 )
 from service.core import headers as h
 from service.core import tokens as tk
@@ -25,19 +26,23 @@ from service.core.body import parse_message, text_body
 from service.core.decide import (
     ACTIVE,
     PartyStatus,
+    Send,
     first_due,
+    next_sendable,
     reply_step,
 )
+from service.core.intro import DUPLICATE_WINDOW, Senders, asks_to_cancel, intro_key
 from service.core.intro import Member as CoreMember
-from service.core.intro import Senders
-from service.core.model import Classification, Kind, Outcome
+from service.core.model import Classification, Kind, Outcome, Person
 from service.core.reader import ReadContext, Reading, read
 from service.core.replytext import extract_reply
 from service.loopbase import (
     MAX_INBOUND_BYTES,
     OPERATOR_VERDICTS,
+    REQUEST_KINDS,
     LoopBase,
     PassReport,
+    _names,
     content_hash,
 )
 from service.ports import RawMail
@@ -168,6 +173,8 @@ class InboundMixin(LoopBase):
             senders=self.senders(s),
             classify=self.classify,
             secret=self.secret,
+            trusted_authserv_ids=self.settings.trusted_authserv_id,
+            verify_dkim=dkim_verifier(self.settings.verify_dkim),
         )
 
     def senders(self, s: Session) -> Senders:
@@ -254,21 +261,50 @@ class InboundMixin(LoopBase):
 
     def _on_intro(self, s: Session, row: Inbound, reading: Reading, report: PassReport
                   ) -> tuple[str, str]:
-        assert reading.referrer is not None
+        assert reading.referrer is not None and reading.intro is not None
+        intro, referrer = reading.intro, reading.referrer.email
         emails = sorted(p.email for p in reading.parties)
-        basis = row.message_id or row.content_hash
-        key = hashlib.sha256(
-            f"{reading.referrer.email}|{'|'.join(emails)}|{basis}".encode()
-        ).hexdigest()
-        existing = s.exec(select(Referral).where(Referral.intro_key == key)).first()
-        if existing is not None:
-            return Kind.IGNORED, f"same intro as referral #{existing.id}; not recorded twice"
         now = self.clock.now()
+        mine = select(Referral).where(Referral.referrer_email == referrer)
+        # 1. an intro we already have by its Message-ID: a second copy, or a forward of an
+        #    intro that was BCC'd as well (the forwarded original keeps its Message-ID)
+        mids = sorted({m for m in (intro.intro_message_id, row.message_id) if m})
+        same = s.exec(mine.where(col(Referral.intro_message_id).in_(mids))).first() if mids \
+            else None
+        if same is not None:
+            return Kind.IGNORED, (f"same intro as referral #{same.id} (Message-ID "
+                                  f"<{same.intro_message_id}>); not recorded twice")
+        # 2. the member writing again in the thread of an intro already recorded, to (some of)
+        #    the same people: a follow-up, not a second introduction
+        if intro.references:
+            for earlier in s.exec(mine.where(
+                    col(Referral.intro_message_id).in_(list(intro.references)))):
+                known = {p.email for p in s.exec(select(Party).where(
+                    Party.referral_id == earlier.id))}
+                if set(emails) <= known:
+                    return Kind.IGNORED, (f"a follow-up in the thread of referral #{earlier.id} "
+                                          "to the same people; not a new intro")
+        # 3. the same words to the same people again soon (the member BCC'd twice, or sent
+        #    it again from a phone): one intro. Weeks later, the same words are a new one.
+        key = intro_key(referrer, emails, intro.body_digest or row.content_hash)
+        earlier_same = s.exec(
+            select(Referral)
+            .where((Referral.intro_key == key) | col(Referral.intro_key).startswith(key + ":"))
+            .order_by(col(Referral.introduced_at).desc())
+        ).first()
+        if earlier_same is not None:
+            at = as_utc(earlier_same.introduced_at) or now
+            if now - at < DUPLICATE_WINDOW:
+                return Kind.IGNORED, (f"same text to the same people as referral "
+                                      f"#{earlier_same.id} (recorded {at:%Y-%m-%d %H:%M} UTC); "
+                                      "not recorded twice")
+            key = f"{key}:{row.id}"  # unique column: a new intro with the same words
         referral = Referral(
-            referrer_email=reading.referrer.email,
+            referrer_email=referrer,
             referrer_name=reading.referrer.name,
-            subject=reading.subject[:500],
-            intro_message_id=row.message_id,
+            subject=(intro.subject or reading.subject)[:500],
+            # the id the parties know the intro by: requests thread under it
+            intro_message_id=intro.intro_message_id or row.message_id,
             intro_key=key,
             inbound_id=row.id,
             introduced_at=now,
@@ -277,8 +313,11 @@ class InboundMixin(LoopBase):
         s.flush()
         assert referral.id is not None
         due = first_due(now, self.policy)
+        not_asked: list[Person] = []
         for person in reading.parties:
             suppressed = self._suppressed(s, person.email)
+            if suppressed:
+                not_asked.append(person)
             s.add(
                 Party(
                     referral_id=referral.id,
@@ -291,19 +330,58 @@ class InboundMixin(LoopBase):
         row.referral_id = referral.id
         self._event("referral_recorded", referral=referral.id, referrer=referral.referrer_email,
                     parties=emails, ask_at=due.isoformat())
+        if self.settings.confirm_intros:
+            asked = [p for p in reading.parties if p not in not_asked]
+            self.enqueue(s, Send(
+                kind="intro_confirmation", key=f"confirm:{referral.id}",
+                to=Person(referrer, reading.referrer.name), referral_id=referral.id,
+                audience="member",
+                facts={"parties": list(reading.parties), "parties_names": _names(asked),
+                       "not_asked": not_asked, "not_asked_names": _names(not_asked),
+                       "intro_subject": intro.subject or reading.subject,
+                       "ask_at": next_sendable(due, self.policy)},
+            ), report)
         return Kind.INTRO, f"referral #{referral.id}: {reading.reason}"
 
     def _on_cancel(self, s: Session, row: Inbound, referral_id: int, reading: Reading
                    ) -> tuple[str, str]:
         referral = s.get(Referral, referral_id)
         sender = reading.sender.email if reading.sender else ""
-        if referral is None or referral.referrer_email != sender:
+        member = self.senders(s).member_for(sender) if sender else None
+        # the referrer may answer from any of their addresses (aliases)
+        who = member.email if member is not None else sender
+        if referral is None or referral.referrer_email != who:
             return Kind.REPLY, "cancel for a referral this sender did not make; ignored"
+        row.referral_id = referral.id
+        # read only the member's new words: the confirmation they quote says "cancel" too
+        sent = [text_body(parse_message(o.raw))[0] for o in s.exec(
+            select(Outbox).where(Outbox.key == f"confirm:{referral_id}"))]
+        text = extract_reply(parse_message(row.raw), sent_texts=sent).text
+        if not asks_to_cancel(text):
+            return Kind.REPLY, (f"reply to the confirmation of referral #{referral_id} does not "
+                                "say cancel; nothing changed")
+        if referral.status == "cancelled":
+            return Kind.REPLY, f"referral #{referral_id} was already cancelled"
         referral.status = "cancelled"
+        stopped = 0
+        party_ids = []
         for party in s.exec(select(Party).where(Party.referral_id == referral_id)):
-            if party.status in ACTIVE:
+            party_ids.append(party.id)
+            if party.status in ACTIVE or party.status == PartyStatus.UNCLEAR:
                 party.status, party.next_due_at = PartyStatus.CANCELLED, None
-        return Kind.REPLY, f"referral #{referral_id} cancelled by its referrer"
+                stopped += 1
+        # requests already queued but not sent yet (quiet hours, a retry) go nowhere either
+        unsent = 0
+        for out in s.exec(select(Outbox).where(
+                col(Outbox.party_id).in_(party_ids), Outbox.status == "pending",
+                col(Outbox.kind).in_(list(REQUEST_KINDS)))):
+            out.status, out.last_error = "cancelled", "referral cancelled by its referrer"
+            unsent += 1
+        self._event("referral_cancelled", referral=referral_id, by=sender, parties=stopped,
+                    unsent=unsent)
+        return Kind.REPLY, (f"referral #{referral_id} cancelled by its referrer: {stopped} "
+                            f"part{'y' if stopped == 1 else 'ies'} will not be asked"
+                            + (f", {unsent} queued request(s) withdrawn" if unsent else ""))
 
     # -- replies
 

@@ -10,6 +10,7 @@ from typing import Any
 from sqlmodel import Session, select
 
 from service.adapters.db import make_engine
+from service.adapters.dns import dkim_verifier
 from service.adapters.tables import Member, MemberAlias
 from service.classifier_data import load_classifier
 from service.config import Settings
@@ -62,6 +63,8 @@ def inspect_files(settings: Settings, files: tuple[Path, ...] | list[Path]
         senders=Senders.build(_members(settings), settings.allow_senders),
         classify=load_classifier().classify,
         secret=settings.secret.get_secret_value().encode() if settings.secret else None,
+        trusted_authserv_ids=settings.trusted_authserv_id,
+        verify_dkim=dkim_verifier(settings.verify_dkim),
     )
     for path in files:
         try:

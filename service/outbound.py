@@ -181,6 +181,14 @@ class OutboundMixin(LoopBase):
             ctx["verdicts"] = {
                 w: mailto(reply_to, f"{w}", w) for w in ("positive", "negative", "pending")
             }
+        if send.kind == "intro_confirmation" and referral is not None and referral.id:
+            # replying "cancel" to the confirmation cancels the referral (token kind "c");
+            # it threads under the member's own intro
+            reply_to = tk.plus_address(st.address, tk.make_token(self.secret, referral.id, "c"))
+            ctx["cancel_address"] = reply_to
+            ctx["cancel_link"] = mailto(reply_to, "cancel", "cancel")
+            ctx["ask_on"] = self._fmt_date(ctx.pop("ask_at"), tz_name)
+            references = [referral.intro_message_id] if referral.intro_message_id else []
         message_id = stable_message_id(self.secret, send.key, send.kind, st.domain)
         envelope = Envelope(
             sender=self.service,

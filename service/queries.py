@@ -181,10 +181,12 @@ def quarantined_ids(settings: Settings) -> list[int]:
 
 
 def requeue_inbound(loop: Any, inbound_id: int) -> None:
-    """Mark a quarantined message as new so the loop processes it again."""
+    """Mark a quarantined message as new so the loop processes it again. A rejected or
+    ignored one may be named too (a member added after their first intro arrived)."""
     with loop.session() as s:
         r = s.get(Inbound, inbound_id)
-        if r is not None and r.status == "quarantined":
+        if r is not None and (r.status == "quarantined" or (
+                r.status == "processed" and r.kind in ("rejected", "ignored"))):
             r.status = "new"
 
 

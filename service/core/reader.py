@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 
 from service.core import headers as h
+from service.core.auth import AuthVerdict, DkimCheck, DkimVerifier, authenticate
 from service.core.body import parse_message
 from service.core.intro import IntroVerdict, Senders, parse_intro
 from service.core.model import Classification, Kind, Outcome, Person, Screening
@@ -40,6 +41,10 @@ class ReadContext:
     classify: Classify
     secret: bytes | None = None
     extra_addresses: tuple[str, ...] = ()  # other addresses that are the service too
+    # sender authentication of intros (service/core/auth.py): the receiving server's
+    # authserv-ids whose Authentication-Results count, and an optional DKIM verifier
+    trusted_authserv_ids: tuple[str, ...] = ()
+    verify_dkim: DkimVerifier | None = None
 
     @property
     def own_addresses(self) -> tuple[str, ...]:
@@ -70,6 +75,7 @@ class Reading:
     screening: Screening | None = None
     intro: IntroVerdict | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    auth: AuthVerdict | None = None
 
     @property
     def outcome(self) -> Outcome | None:
@@ -115,13 +121,28 @@ def read(
         )
 
     intro = parse_intro(msg, service_addresses=ctx.own_addresses, senders=ctx.senders)
-    if intro.kind is Kind.INTRO:
+    if intro.kind is Kind.REJECTED and intro.parties:
+        # a non-member introducing people: say so (it is not a reply to anything)
+        return Reading(kind=Kind.REJECTED, reason=intro.reason, referrer=intro.referrer,
+                       intro=intro, **base)
+    if intro.kind is Kind.INTRO and who is not None:
+        auth = authenticate(
+            msg, from_address=who.email, trusted=ctx.trusted_authserv_ids,
+            dkim=_verify_dkim(ctx, raw),
+        )
+        if auth.rejected:
+            # a forged or unverifiable From must never create a referral (or any mail)
+            return Reading(kind=Kind.REJECTED, reason=f"{auth.reason}: not accepted as an "
+                           f"intro from {who.email}", referrer=intro.referrer,
+                           intro=intro, auth=auth, **base)
+        checked = f"; sender verified: {auth.reason}" if auth.status == "pass" else ""
         return Reading(
             kind=Kind.INTRO,
-            reason=intro.reason,
+            reason=intro.reason + checked,
             referrer=intro.referrer,
             parties=intro.parties,
             intro=intro,
+            auth=auth,
             **base,
         )
 
@@ -157,6 +178,17 @@ def _read_reply(
         # a one-click answer: the address says it all; any text is kept as a comment
         return reply, Classification(answer, 1.0, f"one-click:{answer.value}")
     return reply, ctx.classify(reply.text)
+
+
+def _verify_dkim(ctx: ReadContext, raw: bytes) -> tuple[DkimCheck, ...] | None:
+    """Direct DKIM checks when INTROLOOP_VERIFY_DKIM wired a verifier; a verifier that
+    raises counts as no signature verified (strict mode then rejects, with the reason)."""
+    if ctx.verify_dkim is None:
+        return None
+    try:
+        return ctx.verify_dkim(raw)
+    except Exception:
+        return ()
 
 
 def own_addresses(service_address: str, extra: Collection[str] = ()) -> tuple[str, ...]:
