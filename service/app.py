@@ -9,10 +9,12 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 
 from service.adapters.db import make_engine, migrate
-from service.adapters.imap import ImapMailbox
+from service.adapters.imap import ImapMailbox, SigninReport
 from service.adapters.local import FileSender, MaildirMailbox
+from service.adapters.oauth import OAuthApp, StoredTokens
 from service.adapters.smtp import SmtpSender
 from service.adapters.templates import Renderer
+from service.alerts import SigninRecorder
 from service.classifier_data import load_classifier
 from service.config import Settings
 from service.loop import Loop
@@ -47,7 +49,17 @@ def local_paths(settings: Settings) -> tuple[Path, Path]:
     return settings.data_dir / "maildir", settings.data_dir / "outgoing"
 
 
-def build_mailbox(settings: Settings) -> Mailbox:
+def build_tokens(settings: Settings, engine: Engine, clock: object | None = None
+                 ) -> StoredTokens | None:
+    """The OAuth sign-in of the mailbox login (None when it signs in with a password)."""
+    if not (settings.uses_oauth and settings.imap_user):
+        return None
+    return StoredTokens(engine, OAuthApp.from_settings(settings), settings.imap_user,
+                        settings.secret_bytes(), clock=clock)
+
+
+def build_mailbox(settings: Settings, *, tokens: StoredTokens | None = None,
+                  on_signin: SigninReport | None = None) -> Mailbox:
     """IMAP when INTROLOOP_IMAP_HOST is set, else the local Maildir."""
     if settings.uses_imap:
         assert settings.imap_host and settings.imap_user
@@ -58,11 +70,15 @@ def build_mailbox(settings: Settings) -> Mailbox:
             settings.imap_password.get_secret_value() if settings.imap_password else "",
             tls=settings.imap_tls,
             folder=settings.imap_folder,
+            insecure=settings.tls_insecure,
+            tokens=tokens,
+            on_signin=on_signin,
         )
     return MaildirMailbox(local_paths(settings)[0])
 
 
-def build_sender(settings: Settings) -> Sender:
+def build_sender(settings: Settings, *, tokens: StoredTokens | None = None,
+                 on_signin: SigninReport | None = None) -> Sender:
     """SMTP when INTROLOOP_SMTP_HOST is set, else .eml files under the data directory."""
     if settings.uses_smtp:
         assert settings.smtp_host
@@ -73,6 +89,9 @@ def build_sender(settings: Settings) -> Sender:
             password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
             tls=settings.smtp_tls,
             local_hostname=settings.domain,
+            insecure=settings.tls_insecure,
+            tokens=tokens,
+            on_signin=on_signin,
         )
     return FileSender(local_paths(settings)[1])
 
@@ -94,15 +113,24 @@ def build_loop(
     clock: object | None = None,
 ) -> Loop:
     """A Loop with real adapters, unless some are handed in (the demo hands in a clock)."""
+    engine = engine or build_engine(settings)
+    clock = clock or SystemClock()
+    # one token source for IMAP and SMTP (one refresh serves both); sign-ins feed the alerts
+    tokens = build_tokens(settings, engine, clock)
+    signin = SigninRecorder(engine, clock)
     loop = Loop(
         settings,
-        engine or build_engine(settings),
-        mailbox=mailbox if mailbox is not None else build_mailbox(settings),
-        sender=sender if sender is not None else build_sender(settings),
+        engine,
+        mailbox=mailbox if mailbox is not None else build_mailbox(
+            settings, tokens=tokens, on_signin=signin),
+        sender=sender if sender is not None else build_sender(
+            settings, tokens=tokens, on_signin=signin),
         renderer=Renderer(settings.templates_dir),
         classify=load_classifier().classify,
-        clock=clock or SystemClock(),  # type: ignore[arg-type]
+        clock=clock,  # type: ignore[arg-type]
     )
+    if tokens is not None:
+        loop.keep_signed_in = tokens.access_token
     mb = loop.mailbox
     if isinstance(mb, ImapMailbox) and isinstance(loop.sender, SmtpSender):
         loop.sent_copy = mb.append_sent

@@ -20,6 +20,7 @@ import click
 
 from service.adapters.db import DatabaseError
 from service.adapters.imap import MailboxError
+from service.adapters.oauth import OAuthError
 from service.adapters.templates import TemplateError
 from service.config import ConfigError, Settings, load_settings, require_for_run
 from service.logs import setup_logging
@@ -27,7 +28,7 @@ from service.ports import PermanentFailure, TemporaryFailure
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXPECTED = (ConfigError, DatabaseError, MailboxError, TemplateError, TemporaryFailure,
-            PermanentFailure)
+            PermanentFailure, OAuthError)
 
 
 def friendly(func: F) -> F:
@@ -157,6 +158,8 @@ def _run_forever(loop: Any) -> None:
     """IDLE on the mailbox in this thread; APScheduler ticks the outbound work."""
     from apscheduler.schedulers.background import BackgroundScheduler
 
+    from service.alerts import raise_alerts
+
     stop = threading.Event()
 
     def _stop(signum: int, _frame: Any) -> None:
@@ -170,6 +173,7 @@ def _run_forever(loop: Any) -> None:
         with lock:
             loop.send_due()
             loop.queue_monthly_summaries()
+            raise_alerts(loop)  # tells the operator (at most daily per cause) what is wrong
             loop.flush_outbox()
 
     scheduler = BackgroundScheduler(timezone=loop.settings.zone)
@@ -210,10 +214,12 @@ def _run_forever(loop: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
 @pass_ctx
 def check(ctx: Ctx, as_json: bool) -> None:
-    """Validate the settings and reach IMAP, SMTP and the database: one line per problem."""
-    from service.app import build_engine, build_mailbox, build_sender
+    """Validate the settings, reach IMAP, SMTP and the database, and show current alerts."""
+    from service.alerts import SigninRecorder
+    from service.app import SystemClock, build_engine, build_mailbox, build_sender, build_tokens
+    from service.health import status_checks
 
-    results: list[tuple[str, bool, str]] = []
+    results: list[tuple[str, bool | None, str]] = []  # ok None: a warning
     try:
         settings = ctx.settings()
         require_for_run(settings)
@@ -231,8 +237,16 @@ def check(ctx: Ctx, as_json: bool) -> None:
         results.append(("database", True, engine.url.render_as_string(hide_password=True)))
     except DatabaseError as exc:
         results.append(("database", False, str(exc)))
+        _report_checks(results, as_json)
+        return
     try:
-        mb = build_mailbox(settings)
+        tokens = build_tokens(settings, engine)
+    except OAuthError as exc:
+        tokens = None
+        results.append(("oauth", False, str(exc)))
+    signin = SigninRecorder(engine, SystemClock())  # a real sign-in: keep the status current
+    try:
+        mb = build_mailbox(settings, tokens=tokens, on_signin=signin)
         uv = mb.uidvalidity()
         where = f"{settings.imap_host}:{settings.effective_imap_port}" if settings.uses_imap \
             else "local Maildir (no IMAP configured)"
@@ -241,7 +255,7 @@ def check(ctx: Ctx, as_json: bool) -> None:
     except MailboxError as exc:
         results.append(("imap", False, str(exc)))
     try:
-        sender = build_sender(settings)
+        sender = build_sender(settings, tokens=tokens, on_signin=signin)
         if hasattr(sender, "check"):
             sender.check()
             results.append(("smtp", True, f"{settings.smtp_host}:{settings.effective_smtp_port}"))
@@ -250,16 +264,19 @@ def check(ctx: Ctx, as_json: bool) -> None:
         sender.close()
     except (TemporaryFailure, PermanentFailure) as exc:
         results.append(("smtp", False, str(exc)))
+    # after the sign-ins above, so what they just found is part of the picture
+    results += status_checks(settings, engine, SystemClock().now())
     _report_checks(results, as_json)
 
 
-def _report_checks(results: list[tuple[str, bool, str]], as_json: bool) -> None:
-    ok = all(r[1] for r in results)
+def _report_checks(results: list[tuple[str, bool | None, str]], as_json: bool) -> None:
+    ok = all(r[1] is not False for r in results)  # warnings (None) do not fail the check
     if as_json:
-        _out({"ok": ok, "checks": [{"name": n, "ok": o, "detail": d} for n, o, d in results]})
+        _out({"ok": ok, "checks": [{"name": n, "ok": o is not False, "warning": o is None,
+                                    "detail": d} for n, o, d in results]})
     else:
         for name, good, detail in results:
-            click.echo(f"{'ok ' if good else 'ERR'} {name}: {detail}")
+            click.echo(f"{'WARN' if good is None else 'ok ' if good else 'ERR'} {name}: {detail}")
     if not ok:
         sys.exit(1)
 
@@ -271,18 +288,116 @@ def _report_checks(results: list[tuple[str, bool, str]], as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
 @pass_ctx
 def health(ctx: Ctx, as_json: bool) -> None:
-    """Exit 0 when the worker completed a cycle recently, 1 (and say why) when it did not."""
-    from service.health import health_problems
+    """Exit 0 when the worker works (recent cycles, signed in, mail moving), else 1 and why.
 
+    Reads the database only (fast, no mail server needed). Warnings are printed but keep 0.
+    """
+    from service.health import health_report
+
+    warnings: list[str] = []
     try:
-        problems = health_problems(ctx.settings())
+        problems, warnings = health_report(ctx.settings())
     except (ConfigError, DatabaseError) as exc:
         problems = [str(exc).splitlines()[0]]
     if as_json:
-        _out({"ok": not problems, "problems": problems})
+        _out({"ok": not problems, "problems": problems, "warnings": warnings})
     else:
         click.echo("healthy" if not problems else "\n".join(f"unhealthy: {p}" for p in problems))
+        for w in warnings:
+            click.echo(f"warning: {w}")
     sys.exit(1 if problems else 0)
+
+
+# ---------------------------------------------------------------------------------- auth
+
+
+@main.group(epilog="Examples:\n\n  introloop auth microsoft\n\n"
+            "  introloop auth google --no-browser")
+def auth() -> None:
+    """Sign the service mailbox in with OAuth 2.0 (Gmail / Google Workspace, Microsoft 365).
+
+    Needs INTROLOOP_OAUTH_CLIENT_ID (Google: and _SECRET) of the app you registered; README
+    "Gmail and Microsoft 365" says how. The refresh token is stored encrypted in the database.
+    """
+
+
+_AUTH_OPTIONS = [
+    click.option("--dry-run", is_flag=True,
+                 help="Say what would be asked for and where it goes; contact nobody."),
+    click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
+]
+
+
+def _auth_options(func: F) -> F:
+    for option in reversed(_AUTH_OPTIONS):
+        func = option(func)
+    return func
+
+
+@auth.command("google", epilog="Examples:\n\n  introloop auth google            # opens a browser "
+              "here\n\n  introloop auth google --no-browser   # on a server: open the address "
+              "elsewhere, paste back where it ends\n\n  introloop auth google --testing-app  "
+              "# consent screen still in Testing: warn before day 7")
+@click.option("--no-browser", is_flag=True,
+              help="No browser on this machine: open the address elsewhere, paste back the "
+              "address it ends on.")
+@click.option("--port", default=0, type=int, show_default=True,
+              help="Local port for the browser's redirect (0: any free port).")
+@click.option("--testing-app", is_flag=True,
+              help="The app's consent screen is in Testing (sign-ins last 7 days): alert in time.")
+@_auth_options
+@pass_ctx
+@friendly
+def auth_google(ctx: Ctx, no_browser: bool, port: int, testing_app: bool, dry_run: bool,
+                as_json: bool) -> None:
+    """Sign in with Google (installed-app flow) and store the refresh token."""
+    _sign_in(ctx, "google", dry_run, as_json, no_browser=no_browser, port=port,
+             testing_app=testing_app)
+
+
+@auth.command("microsoft", epilog="Example:\n\n  introloop auth microsoft   # shows a code to "
+              "enter at https://microsoft.com/devicelogin")
+@_auth_options
+@pass_ctx
+@friendly
+def auth_microsoft(ctx: Ctx, dry_run: bool, as_json: bool) -> None:
+    """Sign in with Microsoft 365 (device code) and store the refresh token."""
+    _sign_in(ctx, "microsoft", dry_run, as_json)
+
+
+def _sign_in(ctx: Ctx, provider: str, dry_run: bool, as_json: bool, **flow: Any) -> None:
+    from service.adapters.oauth import sign_in_and_store, sign_in_plan
+    from service.app import SystemClock, build_engine
+
+    # this command is how an operator switches to OAuth, whatever .env says so far
+    settings = ctx.settings(provider=provider, auth="oauth")
+    require_for_run(settings)
+    plan = sign_in_plan(settings)
+    if dry_run:
+        if as_json:
+            _out({"dry_run": True, **plan})
+        else:
+            click.echo(f"would sign {plan['account']} in with {plan['provider']} "
+                       f"(client {plan['client_id']}, scopes {' '.join(plan['scopes'])}, "
+                       f"token service {plan['endpoint']}) and store the refresh token "
+                       f"encrypted in {plan['stored_in']}")
+        return
+    ask = (lambda text: click.prompt(text, err=True)) if flow.pop("no_browser", False) else None
+    result = sign_in_and_store(
+        settings, build_engine(settings), SystemClock().now(), ask=ask,
+        say=lambda text: click.echo(text, err=True), **flow)
+    if as_json:
+        _out(result)
+        return
+    click.echo(f"signed in {result['account']} with {result['provider']}"
+               + (f" (as {result['identity']})" if result["identity"] else "")
+               + "; the refresh token is stored encrypted in the database")
+    if result["refresh_expires_at"]:
+        click.echo(f"it expires {result['refresh_expires_at'][:16]}: "
+                   f"{result['expiry_reason']}; you will be e-mailed before then")
+    if settings.provider != ctx.settings().provider:
+        click.echo(f"now set INTROLOOP_PROVIDER={provider} in .env", err=True)
+    click.echo("next: introloop check")
 
 
 # ---------------------------------------------------------------------------------- inspect

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.paths import config_dir
@@ -23,6 +23,13 @@ ENV_PREFIX = "INTROLOOP_"
 _DURATION_PART = re.compile(r"(\d+)\s*([smhdw])", re.IGNORECASE)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _EMAIL = re.compile(r"^[^@\s<>\"',;]+@[^@\s<>\"',;]+\.[^@\s<>\"',;]+$")
+# INTROLOOP_PROVIDER presets: what a Google or Microsoft operator would otherwise type.
+# Ports and TLS come from the TLS modes, whose defaults (IMAP ssl → 993, SMTP starttls → 587)
+# are what both providers want; the logins default to INTROLOOP_ADDRESS. Explicit settings win.
+PROVIDER_PRESETS: dict[str, dict[str, str]] = {
+    "google": {"imap_host": "imap.gmail.com", "smtp_host": "smtp.gmail.com"},
+    "microsoft": {"imap_host": "outlook.office365.com", "smtp_host": "smtp.office365.com"},
+}
 
 
 class ConfigError(Exception):
@@ -101,6 +108,16 @@ class Settings(BaseSettings):
     smtp_user: str | None = None
     smtp_password: SecretStr | None = None
     smtp_tls: Literal["ssl", "starttls", "none"]
+    # provider preset and sign-in (password, app password or OAuth 2.0)
+    provider: Literal["google", "microsoft", "generic"] = "generic"
+    auth: Literal["password", "oauth"] | None = None
+    oauth_client_id: str | None = None
+    oauth_client_secret: SecretStr | None = None
+    oauth_tenant: str = "common"
+    oauth_authority: str | None = None  # Microsoft: default https://login.microsoftonline.com/<tenant>
+    oauth_token_url: str | None = None  # Google: default https://oauth2.googleapis.com/token
+    # test servers only: skip certificate checks (logged loudly at every connect)
+    tls_insecure: bool = False
 
     # storage
     data_dir: Path
@@ -116,6 +133,8 @@ class Settings(BaseSettings):
     quiet_hours: Annotated[tuple[time, time] | None, NoDecode] = None
     summary_hour: int = Field(ge=0, le=23)
     poll_interval: timedelta
+    # operator alerts: the mailbox has had no mail for this long (0s: never alert)
+    silence_alert: timedelta = timedelta(days=7)
 
     # several workers (PostgreSQL): how long a worker's claim on inbound messages and outbox
     # rows, and its hold on reading the mailbox, last without renewal before others take over
@@ -138,6 +157,40 @@ class Settings(BaseSettings):
     verify_dkim: bool = False
     # tell the referrer "Got it: tracking your intro of …" (reply "cancel" to undo)
     confirm_intros: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _provider_preset(cls, data: Any) -> Any:
+        """INTROLOOP_PROVIDER=google|microsoft fills in hosts and logins left empty."""
+        if not isinstance(data, dict):
+            return data
+        preset = PROVIDER_PRESETS.get(str(data.get("provider") or "").strip().lower())
+        if preset is None:
+            return data
+        address = str(data.get("address") or "").strip().lower()
+        fill = {**preset, "imap_user": address, "smtp_user": address,
+                # one account signs in to both: an app password typed once serves SMTP too
+                "smtp_password": data.get("imap_password")}
+        data = dict(data)
+        for key, value in fill.items():
+            if data.get(key) in (None, "") and value not in (None, ""):
+                data[key] = value
+        return data
+
+    @field_validator("provider", "auth", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return None if v in (None, "") else str(v).strip().lower()
+
+    @field_validator("oauth_client_id", "oauth_authority", "oauth_token_url", mode="before")
+    @classmethod
+    def _empty_text(cls, v: Any) -> Any:
+        return None if v in (None, "") else str(v).strip()
+
+    @field_validator("oauth_client_secret", mode="before")
+    @classmethod
+    def _empty_secret(cls, v: Any) -> Any:
+        return None if v == "" else v
 
     @field_validator("address", mode="before")
     @classmethod
@@ -176,7 +229,8 @@ class Settings(BaseSettings):
         return None if v == "" else v
 
     @field_validator(
-        "feedback_delay", "reminder_delay", "pending_recheck", "poll_interval", mode="before"
+        "feedback_delay", "reminder_delay", "pending_recheck", "poll_interval", "silence_alert",
+        mode="before",
     )
     @classmethod
     def _duration(cls, v: Any) -> timedelta:
@@ -265,6 +319,17 @@ class Settings(BaseSettings):
         return bool(self.smtp_host)
 
     @property
+    def uses_oauth(self) -> bool:
+        """True when IMAP and SMTP sign in with OAuth 2.0.
+
+        INTROLOOP_AUTH decides when set; otherwise Google and Microsoft use OAuth unless an
+        (app) password is given, and every other provider uses its password.
+        """
+        if self.auth is not None:
+            return self.auth == "oauth"
+        return self.provider in PROVIDER_PRESETS and self.imap_password is None
+
+    @property
     def effective_database_url(self) -> str:
         """INTROLOOP_DATABASE_URL, or a SQLite file under the data directory."""
         if self.database_url:
@@ -334,9 +399,32 @@ def require_for_run(settings: Settings) -> None:
         problems.append(_missing_secret())
     if settings.uses_imap and not settings.imap_user:
         problems.append("INTROLOOP_IMAP_USER is not set: the login of the service mailbox")
-    if settings.uses_imap and settings.imap_password is None:
-        problems.append("INTROLOOP_IMAP_PASSWORD is not set: the service mailbox's password")
-    if settings.uses_smtp and settings.smtp_user and settings.smtp_password is None:
-        problems.append("INTROLOOP_SMTP_PASSWORD is not set while INTROLOOP_SMTP_USER is")
+    if settings.uses_oauth:
+        problems += _oauth_problems(settings)
+    else:
+        if settings.uses_imap and settings.imap_password is None:
+            problems.append("INTROLOOP_IMAP_PASSWORD is not set: the service mailbox's password "
+                            "(or an app password)")
+        if settings.uses_smtp and settings.smtp_user and settings.smtp_password is None:
+            problems.append("INTROLOOP_SMTP_PASSWORD is not set while INTROLOOP_SMTP_USER is")
     if problems:
         raise ConfigError(problems)
+
+
+def _oauth_problems(settings: Settings) -> list[str]:
+    """What OAuth sign-in needs that is missing (see README "Gmail and Microsoft 365")."""
+    if settings.provider not in PROVIDER_PRESETS:
+        return ["INTROLOOP_AUTH=oauth needs INTROLOOP_PROVIDER=google or microsoft (their token "
+                "services sign Introloop in); other providers use INTROLOOP_IMAP_PASSWORD"]
+    problems = []
+    if not settings.oauth_client_id:
+        problems.append(f"INTROLOOP_OAUTH_CLIENT_ID is not set: the client ID of the app you "
+                        f"registered with {settings.provider.title()} for Introloop (README: "
+                        "Gmail and Microsoft 365)")
+    if settings.provider == "google" and settings.oauth_client_secret is None:
+        problems.append("INTROLOOP_OAUTH_CLIENT_SECRET is not set: Google's desktop-app client "
+                        "secret, next to the client ID in the Google Cloud console")
+    if settings.uses_smtp and settings.smtp_user and settings.smtp_user != settings.imap_user:
+        problems.append("INTROLOOP_SMTP_USER differs from INTROLOOP_IMAP_USER: one OAuth sign-in "
+                        "serves both, so leave INTROLOOP_SMTP_USER empty or make them equal")
+    return problems

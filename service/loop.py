@@ -20,6 +20,7 @@ import structlog
 from sqlalchemy.engine import Engine
 
 from service.adapters.templates import Renderer
+from service.alerts import raise_alerts
 from service.config import Settings
 from service.core.decide import (
     Policy,
@@ -82,10 +83,17 @@ class Loop(InboundMixin, OutboundMixin, SummaryMixin):
     def run_once(self) -> PassReport:
         """Fetch and process all new mail, then queue what is due, then send the outbox."""
         report = PassReport()
-        report.merge(self.fetch())
+        try:
+            report.merge(self.fetch())
+        except Exception:
+            # cron's one pass must still tell the operator the mailbox cannot be read
+            report.merge(raise_alerts(self))
+            report.merge(self.flush_outbox())
+            raise
         report.merge(self.process_pending())
         report.merge(self.send_due())
         report.merge(self.queue_monthly_summaries())
+        report.merge(raise_alerts(self))
         report.merge(self.flush_outbox())
         return report
 

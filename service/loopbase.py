@@ -83,6 +83,8 @@ class LoopBase:
     secret: bytes
     policy: Policy
     service: Person
+    # Refreshes the OAuth sign-in before it expires; wired by service.app, called by the alerts
+    keep_signed_in: Callable[[], object] | None = None
     on_event: Callable[[str, dict[str, Any]], None] | None
     sent_copy: Callable[[bytes], object] | None
 

@@ -186,13 +186,22 @@ class MailStack:
     Create with :meth:`start`; every user's password is its local part + ``"pw"``.
     Attributes: ``host``, ``imap_port``, ``smtp_port``, ``lmtp_port``, ``root``, ``users``
     and ``timings`` (seconds per start/stop phase, for reports; never assert on them).
+
+    Optional OAuth mode (``oauth2_introspection_url``): Dovecot also accepts XOAUTH2 and
+    OAUTHBEARER, checking each bearer token by POSTing it to that RFC 7662 introspection
+    URL (which must answer ``{"active": true, "username": "<user>"}``), and Postfix offers
+    Dovecot's SASL mechanisms for SMTP AUTH. Without it the stack is password-only.
     """
 
     host = HOST
     domain = DOMAIN
 
-    def __init__(self, root: Path, users: Iterable[str]) -> None:
+    def __init__(
+        self, root: Path, users: Iterable[str], oauth2_introspection_url: str | None = None
+    ) -> None:
         self.root = Path(root)
+        self.oauth2_introspection_url = oauth2_introspection_url
+        self.auth_port = 0  # Dovecot's SASL listener for Postfix (OAuth mode only)
         self.users: list[str] = []
         for u in users:
             addr = _check_address(u)
@@ -243,9 +252,11 @@ class MailStack:
 
     # ---- lifecycle
     @classmethod
-    def start(cls, root: Path, users: Iterable[str]) -> MailStack:
+    def start(
+        cls, root: Path, users: Iterable[str], *, oauth2_introspection_url: str | None = None
+    ) -> MailStack:
         """Write the configs under ``root`` (a fresh, empty or missing dir) and start both."""
-        stack = cls(root, users)
+        stack = cls(root, users, oauth2_introspection_url)
         if stack.root.exists() and any(stack.root.iterdir()):
             # An old instance may still be shutting down in a reused root (pitfall 5).
             raise ServerError(f"{stack.root} is not empty; every stack needs a fresh root")
@@ -297,7 +308,9 @@ class MailStack:
         keep_ports = self.imap_port != 0
         for attempt in range(1, _START_ATTEMPTS + 1):
             if not keep_ports:
-                self.imap_port, self.lmtp_port = _free_ports(2)
+                oauth = bool(self.oauth2_introspection_url)
+                self.imap_port, self.lmtp_port, *auth = _free_ports(2 + oauth)
+                self.auth_port = auth[0] if auth else 0
             self._token = uuid.uuid4().hex[:12]
             self._write_dovecot_conf()
             t0 = time.perf_counter()
@@ -382,7 +395,7 @@ protocols = imap lmtp
 listen = {HOST}
 ssl = no
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login{" xoauth2 oauthbearer" if self.auth_port else ""}
 auth_verbose = yes
 auth_username_format = %Lu
 # system users (vmail) get uids below Dovecot's default minimum of 500 (pitfall 7)
@@ -392,7 +405,7 @@ mail_fsync = never
 # plus-addressing: user+tag@ lands in user's INBOX, Delivered-To keeps the tag
 recipient_delimiter = +
 lmtp_save_to_detail_mailbox = no
-passdb {{
+{self._oauth2_dovecot_conf()}passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {r}/users
 }}
@@ -430,6 +443,43 @@ protocol imap {{
 }}
 """
         self.dovecot_conf.write_text(conf)
+
+    def _oauth2_dovecot_conf(self) -> str:
+        """OAuth mode: an oauth2 passdb (tried first, bearer mechanisms only) + SASL listener."""
+        if not self.auth_port:
+            return ""
+        args = self.root / "dovecot-oauth2.conf.ext"
+        args.write_text(
+            f"introspection_url = {self.oauth2_introspection_url}\n"
+            "introspection_mode = post\n"
+            "force_introspection = yes\n"
+            "username_attribute = username\n"
+            "active_attribute = active\n"
+            "active_value = true\n"
+        )
+        return f"""\
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {args}
+}}
+service auth {{
+  inet_listener sasl {{
+    address = {HOST}
+    port = {self.auth_port}
+  }}
+}}
+"""
+
+    def _oauth2_postfix_conf(self) -> str:
+        """OAuth mode: SMTP AUTH through Dovecot's SASL (no TLS here: loopback only)."""
+        if not self.auth_port:
+            return ""
+        return f"""\
+smtpd_sasl_auth_enable = yes
+smtpd_sasl_type = dovecot
+smtpd_sasl_path = inet:{HOST}:{self.auth_port}
+"""
 
     def _start_postfix(self) -> None:
         postfix = _which("postfix") or "postfix"
@@ -505,7 +555,7 @@ in_flow_delay = 0
 queue_run_delay = 1s
 minimal_backoff_time = 1s
 maximal_backoff_time = 5s
-"""
+{self._oauth2_postfix_conf()}"""
         # chroot = n everywhere (Debian's default chroots need /etc copies); no smtp/relay
         # client at all; pickup is `unix` and only postlog is `unix-dgram` (pitfall 3).
         master_cf = f"""\

@@ -12,14 +12,18 @@
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import structlog
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError, LoginError
 
+from service.adapters.oauth import OAuthError, TokenSource
 from service.ports import RawMail
+
+# Told the outcome of every sign-in: (channel, None) when it worked, (channel, error) when not.
+SigninReport = Callable[[str, str | None], None]
 
 log = structlog.get_logger("introloop.imap")
 DONE_KEYWORD = b"$Introloop"
@@ -54,9 +58,14 @@ class ImapMailbox:
         name: str | None = None,
         timeout: float = 60.0,
         insecure: bool = False,
+        tokens: TokenSource | None = None,
+        on_signin: SigninReport | None = None,
+        sasl: tuple[str, ...] = ("OAUTHBEARER", "XOAUTH2"),
     ):
         self.host, self.port, self.user = host, port, user
         self._password = password
+        # OAuth: a TokenSource instead of the password; SASL mechanisms in order of preference
+        self.tokens, self.sasl, self._on_signin = tokens, sasl, on_signin
         self.tls, self.folder, self.timeout = tls, folder, timeout
         self.name = name or f"{user}@{host}"
         self._insecure = insecure
@@ -72,6 +81,9 @@ class ImapMailbox:
         if self._client is not None:
             return self._client
         where = f"IMAP {self.host}:{self.port} ({self.tls})"
+        if self._insecure:
+            log.warning("tls_insecure", server=where, note="certificates are NOT checked "
+                        "(INTROLOOP_TLS_INSECURE=true): for test servers only")
         try:
             client = IMAPClient(
                 self.host,
@@ -83,18 +95,14 @@ class ImapMailbox:
             if self.tls == "starttls":
                 client.starttls(tls_context(self._insecure))
         except (TimeoutError, OSError, ssl.SSLError, IMAPClientError) as exc:
-            raise MailboxError(
-                f"cannot reach {where}: {exc}; check INTROLOOP_IMAP_HOST/_PORT/_TLS"
-            ) from None
+            raise self._report_signin(
+                f"cannot reach {where}: {exc}; check INTROLOOP_IMAP_HOST/_PORT/_TLS") from None
         try:
-            client.login(self.user, self._password)
-        except LoginError as exc:
+            self._login(client, where)
+        except MailboxError as exc:
             _close_quietly(client)
-            raise MailboxError(
-                f"{where} refused the login for {self.user}: {_text(exc)}; check "
-                "INTROLOOP_IMAP_USER/_PASSWORD (Gmail and Microsoft 365 need an app password or "
-                "OAuth)"
-            ) from None
+            raise self._report_signin(str(exc)) from None
+        self._report_signin(None)  # signed in
         try:
             info = client.select_folder(self.folder)
         except IMAPClientError as exc:
@@ -110,6 +118,45 @@ class ImapMailbox:
         log.info("imap_connected", mailbox=self.name, folder=self.folder,
                  uidvalidity=self._uidvalidity, idle=self.has_idle())
         return client
+
+    def _login(self, client: IMAPClient, where: str) -> None:
+        """Password LOGIN, or SASL OAUTHBEARER / XOAUTH2 with a fresh access token."""
+        if self.tokens is None:
+            try:
+                client.login(self.user, self._password)
+            except LoginError as exc:
+                raise MailboxError(
+                    f"{where} refused the login for {self.user}: {_text(exc)}; check "
+                    "INTROLOOP_IMAP_USER/_PASSWORD (Gmail and Microsoft 365 need an app password "
+                    "or OAuth: INTROLOOP_PROVIDER)") from None
+            return
+        offered = [m for m in self.sasl if client.has_capability(f"AUTH={m}")]
+        if not offered:
+            raise MailboxError(f"{where} offers neither of {'/'.join(self.sasl)}: it cannot "
+                               "sign in with OAuth; check INTROLOOP_IMAP_HOST")
+        try:
+            token = self.tokens.access_token()
+            if offered[0] == "OAUTHBEARER":
+                client.oauthbearer_login(self.user, token)
+            else:
+                client.oauth2_login(self.user, token, mech=offered[0])
+        except OAuthError as exc:
+            raise MailboxError(f"IMAP sign-in for {self.user}: {exc}") from None
+        except LoginError as exc:
+            self.tokens.invalidate()  # a stale or revoked token: the next try refreshes it
+            raise MailboxError(
+                f"{where} refused the OAuth token ({offered[0]}) for {self.user}: {_text(exc)};"
+                " check that the app has the mail scope (Google: https://mail.google.com/, "
+                "Microsoft: IMAP.AccessAsUser.All) and that this account may use IMAP") from None
+
+    def _report_signin(self, error: str | None) -> MailboxError:
+        """Tell the sign-in observer (the operator alerts) how it went; the error to raise."""
+        if self._on_signin is not None:
+            try:
+                self._on_signin("imap", error)
+            except Exception:  # the observer must never break the mailbox
+                log.warning("signin_report_failed", exc_info=True)
+        return MailboxError(error or "")
 
     def has_idle(self) -> bool:
         """True when the server offers IDLE (RFC 2177)."""

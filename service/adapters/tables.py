@@ -204,3 +204,29 @@ class Heartbeat(SQLModel, table=True):
     name: str = Field(sa_column=sa.Column(sa.String(100), primary_key=True))
     at: datetime = Field(sa_column=_ts(False))
     detail: str = ""
+
+
+class OAuthToken(SQLModel, table=True):
+    """The OAuth 2.0 sign-in of one mailbox login: the provider library's state, encrypted.
+
+    `state` holds what google-auth or msal serialise (refresh token included), encrypted with
+    a key derived from INTROLOOP_SECRET; it is rewritten every time the provider rotates the
+    refresh token. The other columns are plain so `check`, `health` and the alerts can read
+    them without the secret.
+    """
+
+    __tablename__ = "oauth_token"
+    account: str = Field(sa_column=sa.Column(sa.String(320), primary_key=True))
+    provider: str = Field(max_length=20)  # google | microsoft
+    client_id: str = Field(max_length=200)
+    scopes: str = ""
+    state: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
+    signed_in_at: datetime = Field(sa_column=_ts(False))  # `introloop auth` (the consent)
+    refreshed_at: datetime | None = Field(default=None, sa_column=_ts())
+    access_expires_at: datetime | None = Field(default=None, sa_column=_ts())
+    # a known end of the refresh token (Google "Testing" apps: 7 days; Microsoft: 90 days unused)
+    refresh_expires_at: datetime | None = Field(default=None, sa_column=_ts())
+    expiry_reason: str = ""
+    failing_since: datetime | None = Field(default=None, sa_column=_ts())
+    last_error: str | None = None
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts(False))
