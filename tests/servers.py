@@ -203,6 +203,8 @@ class MailStack:
         self.oauth2_introspection_url = oauth2_introspection_url
         self.auth_port = 0  # Dovecot's SASL listener for Postfix (OAuth mode only)
         self.users: list[str] = []
+        # accepted by Postfix, unknown to Dovecot: delivery fails after acceptance (a DSN)
+        self.undeliverable: list[str] = []
         for u in users:
             addr = _check_address(u)
             if addr not in self.users:
@@ -285,7 +287,8 @@ class MailStack:
         lines = "".join(f"{u}:{{PLAIN}}{self.password(u)}::::::\n" for u in self.users)
         self._atomic_write(self.root / "users", lines, 0o644)
         vmailbox = self.postfix_dir / "vmailbox"
-        self._atomic_write(vmailbox, "".join(f"{u} OK\n" for u in self.users))
+        accepted = self.users + self.undeliverable
+        self._atomic_write(vmailbox, "".join(f"{u} OK\n" for u in accepted))
         # Postfix waits until a just-written table "cools down" (~2 s, pitfall 2): backdate it.
         # (Not the passwd-file: Dovecot notices changes by mtime and size, new lines suffice.)
         _backdate(vmailbox)
@@ -653,6 +656,27 @@ postlog   unix-dgram n - n - 1 postlogd
                 f"Dovecot LMTP to accept RCPT {addr}",
                 self.dovecot_log,
             )
+        return addr
+
+    def add_undeliverable(self, addr: str) -> str:
+        """An address Postfix accepts at RCPT but Dovecot's LMTP refuses: mail to it is
+        accepted, then bounced by Postfix with a real DSN to the envelope sender."""
+        addr = _check_address(addr)
+        if addr in self.undeliverable:
+            return addr
+        self.undeliverable.append(addr)
+        self._write_users()
+        subprocess.run(
+            [_which("postfix") or "postfix", "-c", str(self.postfix_dir), "reload"],
+            capture_output=True,
+            check=True,
+        )
+        _wait(
+            lambda: _rcpt_code(smtplib.SMTP, self.smtp_port, addr) == 250,
+            15,
+            f"Postfix to accept RCPT {addr}",
+            self.maillog,
+        )
         return addr
 
     # ---- mail
