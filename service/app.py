@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -134,4 +135,30 @@ def build_loop(
     mb = loop.mailbox
     if isinstance(mb, ImapMailbox) and isinstance(loop.sender, SmtpSender):
         loop.sent_copy = mb.append_sent
+        loop.sent_check = sent_check(mb)
+    loop.signer = build_signer(settings)
     return loop
+
+
+def sent_check(mb: ImapMailbox) -> Callable[[str], bool | None]:
+    """Is a Message-ID in the IMAP Sent folder? None when the server cannot be asked now."""
+
+    from service.adapters.imap import MailboxError
+
+    def check(message_id: str) -> bool | None:
+        try:
+            mb.connect()  # unreachable: we cannot tell (never guess "not sent")
+            return mb.in_sent(message_id)
+        except MailboxError:
+            return None
+
+    return check
+
+
+def build_signer(settings: Settings) -> Callable[[bytes], bytes] | None:
+    """A DKIM signer when INTROLOOP_DKIM_SELECTOR and _KEY_FILE are set, else None."""
+    if not (settings.dkim_selector and settings.dkim_key_file):
+        return None
+    from service.adapters.dkim import DkimSigner
+
+    return DkimSigner.from_file(settings.dkim_selector, settings.domain, settings.dkim_key_file)

@@ -694,6 +694,79 @@ def outbox_retry(ctx: Ctx, outbox_id: int, dry_run: bool) -> None:
     click.echo(retry_outbox(ctx.settings(), outbox_id, dry_run=dry_run))
 
 
+# ---------------------------------------------------------------------------------- preview
+
+
+@main.command(
+    epilog="Examples:\n\n  introloop preview feedback_request\n\n"
+    "  introloop preview --all --out /tmp/introloop-preview\n\n"
+    "  INTROLOOP_TEMPLATES_DIR=my-templates introloop preview lessons --json\n\n"
+    "Writes OUT/NAME.html, .txt and .eml and, with Chromium and Playwright installed, "
+    "OUT/NAME-phone.png and OUT/NAME-desktop.png."
+)
+@click.argument("template", required=False)
+@click.option("--all", "all_", is_flag=True, help="Every message template.")
+@click.option("--out", "out_dir", default="preview", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Where to write the files.")
+@click.option("--no-screenshots", is_flag=True, help="Skip the PNGs even if Chromium is here.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+@pass_ctx
+@friendly
+def preview(ctx: Ctx, template: str | None, all_: bool, out_dir: Path, no_screenshots: bool,
+            as_json: bool) -> None:
+    """Render a message template with sample data (HTML, text, .eml, screenshots)."""
+    from contextlib import ExitStack
+
+    from service import browser as br
+    from service.adapters.templates import Renderer
+    from service.preview import Sample, write_preview
+
+    try:
+        settings: Settings | None = ctx.settings()
+    except ConfigError:
+        settings = None  # a preview needs no mailbox: fall back to the shipped defaults
+    override = settings.templates_dir if settings else None
+    renderer = Renderer(override)
+    names = renderer.names()
+    if all_ == bool(template):
+        raise click.UsageError("give a TEMPLATE or --all; templates: " + ", ".join(names))
+    if template and template not in names:
+        raise click.UsageError(f"no template {template!r}; templates: " + ", ".join(names))
+    wanted = names if all_ else [template or ""]
+    if settings is not None:
+        sample = Sample(network_name=settings.network_name, address=settings.address)
+    else:
+        sample = Sample()
+    missing = None if no_screenshots else br.available()
+    results, errors = [], []
+    with ExitStack() as stack:
+        b = stack.enter_context(br.browser()) if not no_screenshots and not missing else None
+        for name in wanted:
+            try:
+                results.append(write_preview(renderer, name, out_dir, sample=sample,
+                                             screenshots=not no_screenshots, browser=b))
+            except TemplateError as exc:
+                errors.append((name, str(exc)))
+    if as_json:
+        _out({"written": [{"template": r.name, "subject": r.subject,
+                           "files": [str(f) for f in r.files]} for r in results],
+              "errors": [{"template": n, "error": e} for n, e in errors],
+              "screenshots": None if (missing or no_screenshots) else "written",
+              "screenshots_missing": missing})
+    else:
+        for r in results:
+            click.echo(f"{r.name}: {r.subject}")
+            for f in r.files:
+                click.echo(f"  wrote {f}")
+        for name, error in errors:
+            click.echo(f"error: {name}: {error}", err=True)
+        if missing and not no_screenshots:
+            click.echo(f"no screenshots: {missing}; the .html files open in any browser",
+                       err=True)
+    if errors:
+        sys.exit(1)
+
+
 # ---------------------------------------------------------------------------------- review
 
 

@@ -131,6 +131,8 @@ class Settings(BaseSettings):
     pending_recheck: timedelta
     timezone: str
     quiet_hours: Annotated[tuple[time, time] | None, NoDecode] = None
+    quiet_weekends: bool = False
+    party_weekly_cap: int = Field(default=3, ge=0)
     summary_hour: int = Field(ge=0, le=23)
     poll_interval: timedelta
     # operator alerts: the mailbox has had no mail for this long (0s: never alert)
@@ -150,6 +152,10 @@ class Settings(BaseSettings):
 
     # who may create referrals (besides members)
     allow_senders: Annotated[tuple[str, ...], NoDecode] = ()
+
+    # DKIM signing of outgoing mail (optional; both or neither)
+    dkim_selector: str | None = None
+    dkim_key_file: Path | None = None
     # sender authentication of intros (service/core/auth.py): Authentication-Results stamped
     # by these authserv-ids count (any other is ignored: it may be forged); direct DKIM
     # verification needs DNS, so it is off unless asked for
@@ -218,7 +224,8 @@ class Settings(BaseSettings):
     def _empty_is_none(cls, v: Any) -> Any:
         return None if v == "" else v
 
-    @field_validator("imap_port", "smtp_port", "templates_dir", mode="before")
+    @field_validator("imap_port", "smtp_port", "templates_dir", "dkim_selector",
+                     "dkim_key_file", mode="before")
     @classmethod
     def _empty_port(cls, v: Any) -> Any:
         return None if v == "" else v
@@ -407,6 +414,16 @@ def require_for_run(settings: Settings) -> None:
                             "(or an app password)")
         if settings.uses_smtp and settings.smtp_user and settings.smtp_password is None:
             problems.append("INTROLOOP_SMTP_PASSWORD is not set while INTROLOOP_SMTP_USER is")
+    if bool(settings.dkim_selector) != bool(settings.dkim_key_file):
+        problems.append("INTROLOOP_DKIM_SELECTOR and INTROLOOP_DKIM_KEY_FILE go together: set "
+                        "both to sign outgoing mail, or neither")
+    elif settings.dkim_selector and not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*",
+                                                    settings.dkim_selector):
+        problems.append(f"INTROLOOP_DKIM_SELECTOR {settings.dkim_selector!r} is not a DNS "
+                        "label (e.g. introloop2026)")
+    if settings.dkim_key_file and not Path(settings.dkim_key_file).is_file():
+        problems.append(f"INTROLOOP_DKIM_KEY_FILE {settings.dkim_key_file} does not exist; "
+                        "point it at the PEM private key whose public half is in DNS")
     if problems:
         raise ConfigError(problems)
 

@@ -69,10 +69,13 @@ class Story:
                 "rejected": "rejected",
             }.get(kind, kind)
             self.say(when, f"{label}: {reason}", kind=kind)
-        for party, status, _note in report.steps:
+        for party, status, note in report.steps:
             if status == "noresponse":
-                self.say(when, f"{party} answered neither the request nor the reminder: "
-                         "counted as 'no response', not asked again", party=party)
+                what = ("did not answer the second ask (no reminder after an earlier answer)"
+                        if "earlier answer" in note
+                        else "answered neither the request nor the reminder")
+                self.say(when, f"{party} {what}: counted as 'no response', not asked again",
+                         party=party)
         for kind, to, subject in report.sent:
             self.say(when, f"sent {NICE.get(kind, kind)} to {to}: “{subject}”", to=to,
                      message=kind)

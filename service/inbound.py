@@ -421,6 +421,14 @@ class InboundMixin(LoopBase):
             flagged = f"sent from {sender or 'an unknown address'}, not {party.email}"
             verdict = Classification(Outcome.UNCLEAR, verdict.confidence,
                                      f"flagged:other-sender ({verdict.outcome} by {verdict.rule})")
+        elif one_click is None and verdict.outcome is not Outcome.OPTOUT and s.exec(
+                select(Outbox.id).where(Outbox.message_id == party.last_request_message_id,
+                                        Outbox.kind == "combined_request")).first():
+            # free text answering one email about several introductions may be about any of
+            # them (one-click answers carry their own introduction's token): a person decides
+            flagged = "answer to a request about several introductions"
+            verdict = Classification(Outcome.UNCLEAR, verdict.confidence,
+                                     f"flagged:combined ({verdict.outcome} by {verdict.rule})")
         if verdict.outcome is Outcome.OPTOUT and sender != party.email:
             # "stop" from another address stops mail to that address, not the party's
             party_for_optout = None

@@ -71,6 +71,8 @@ class Loop(InboundMixin, OutboundMixin, SummaryMixin):
             pending_recheck=settings.pending_recheck,
             timezone=settings.zone,
             quiet_hours=settings.quiet_hours,
+            quiet_weekends=settings.quiet_weekends,
+            party_weekly_cap=settings.party_weekly_cap,
         )
         self.service = Person(settings.address, settings.network_name)
         self.on_event: Callable[[str, dict[str, Any]], None] | None = None

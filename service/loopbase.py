@@ -87,6 +87,11 @@ class LoopBase:
     keep_signed_in: Callable[[], object] | None = None
     on_event: Callable[[str, dict[str, Any]], None] | None
     sent_copy: Callable[[bytes], object] | None
+    # Was the message with this Message-ID already sent? True / False, or None when it cannot
+    # be told right now (IMAP down). Wired by service.app to the IMAP Sent folder.
+    sent_check: Callable[[str], bool | None] | None = None
+    # Signs each outgoing message's bytes (DKIM), when configured; wired by service.app.
+    signer: Callable[[bytes], bytes] | None = None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -150,6 +155,7 @@ class LoopBase:
             reminders_sent=party.reminders_sent,
             rounds=party.rounds,
             suppressed=self._suppressed(s, party.email),
+            answered=party.outcome is not None,
         )
 
     def _apply(self, s: Session, party: Party, step: Step, report: PassReport,

@@ -51,6 +51,15 @@ class TemporaryFailure(Exception):
     """Sending failed in a way worth retrying (4xx, connection trouble)."""
 
 
+class ServerUnreachable(TemporaryFailure):
+    """The server could not be reached at all: no point trying the other queued messages now."""
+
+
+class MaybeSent(TemporaryFailure):
+    """The connection broke after the whole message was handed over: the server may have
+    accepted it. Check the Sent folder before sending it again."""
+
+
 class PermanentFailure(Exception):
     """The server refused the message for good (5xx); the text is its answer."""
 

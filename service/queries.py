@@ -217,10 +217,12 @@ def retry_outbox(settings: Settings, outbox_id: int, *, dry_run: bool = False) -
             raise ConfigError([f"no outbox row #{outbox_id} (see `introloop outbox`)"])
         if r.status not in ("failed", "cancelled"):
             raise ConfigError([f"outbox row #{outbox_id} is {r.status}, not failed"])
+        what = f"{r.kind} to {r.to_email}"  # read before the commit expires the row
         if dry_run:
-            return f"would re-queue #{outbox_id} ({r.kind} to {r.to_email})"
+            return f"would re-queue #{outbox_id} ({what})"
         r.status, r.next_attempt_at, r.last_error = "pending", utcnow(), None
-    return f"re-queued #{outbox_id} ({r.kind} to {r.to_email}); it keeps its Message-ID"
+        r.attempts = 0  # a fresh series of retries, with backoff from the start
+    return f"re-queued #{outbox_id} ({what}); it keeps its Message-ID"
 
 
 # ------------------------------------------------------------------------------- review

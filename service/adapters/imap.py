@@ -273,7 +273,9 @@ class ImapMailbox:
             return False
 
     def in_sent(self, message_id: str) -> bool:
-        """True when a message with this Message-ID is in the Sent folder."""
+        """True when a message with this Message-ID is in the Sent folder (False when there is
+        no Sent folder). MailboxError when the server cannot be asked: "not found" must not
+        be guessed, since the answer decides whether a message is sent again."""
         folder = self.sent_folder()
         if folder is None:
             return False
@@ -282,9 +284,10 @@ class ImapMailbox:
             client.select_folder(folder, readonly=True)
             found = client.search(["HEADER", "Message-ID", f"<{message_id}>"])
             return bool(found)
-        except (OSError, IMAPClientError):
+        except (OSError, IMAPClientError) as exc:
             self._drop()
-            return False
+            raise MailboxError(f"IMAP search of {folder} failed on {self.name}: "
+                               f"{_text(exc)}") from None
         finally:
             if self._client is not None:
                 try:

@@ -13,7 +13,7 @@ import structlog
 
 from service.adapters.imap import SigninReport, tls_context
 from service.adapters.oauth import OAuthError, TokenSource
-from service.ports import PermanentFailure, TemporaryFailure
+from service.ports import MaybeSent, PermanentFailure, ServerUnreachable, TemporaryFailure
 
 log = structlog.get_logger("introloop.smtp")
 
@@ -70,7 +70,7 @@ class SmtpSender:
                 f"{_decode(exc.smtp_error)}; check INTROLOOP_SMTP_USER/_PASSWORD"
             ) from None
         except (TimeoutError, OSError, ssl.SSLError, smtplib.SMTPException) as exc:
-            raise TemporaryFailure(
+            raise ServerUnreachable(
                 f"cannot reach {where}: {exc}; check INTROLOOP_SMTP_HOST/_PORT/_TLS"
             ) from None
         self._conn = conn
@@ -127,24 +127,73 @@ class SmtpSender:
                 log.warning("signin_report_failed", exc_info=True)
 
     def send(self, raw: bytes, mail_from: str, rcpt_to: list[str], message_id: str) -> None:
-        """Deliver `raw`; TemporaryFailure on 4xx/connection errors, PermanentFailure on 5xx."""
-        conn = self.connect()
+        """Deliver `raw`; TemporaryFailure on 4xx/connection errors, PermanentFailure on 5xx.
+
+        The envelope (MAIL, RCPT) and the content (DATA) are sent as separate steps, because
+        what a broken connection means differs: before DATA nothing was handed over (retry
+        freely; a reused connection the server closed while idle is reopened once at once),
+        after it the server may have accepted the message (MaybeSent: look before resending).
+        """
+        conn = self._envelope(mail_from, rcpt_to)
         try:
-            refused = conn.sendmail(mail_from, rcpt_to, raw)
-        except smtplib.SMTPRecipientsRefused as exc:
-            self._classify(exc.recipients)
-            return
+            code, resp = conn.data(raw)
+            if code != 250:
+                # smtplib.data() returns the final answer instead of raising (sendmail checks
+                # it): anything but 250 means the server did not take the message
+                raise smtplib.SMTPDataError(code, resp)
         except smtplib.SMTPResponseException as exc:
-            self.close()
-            text = f"{exc.smtp_code} {_decode(exc.smtp_error)}"
-            if 400 <= exc.smtp_code < 500:
-                raise TemporaryFailure(text) from None
-            raise PermanentFailure(text) from None
+            # the server answered DATA with an error: it did not take the message
+            self._reset(conn)
+            raise _by_code(exc.smtp_code, _decode(exc.smtp_error)) from None
         except (OSError, smtplib.SMTPServerDisconnected) as exc:
             self._conn = None
-            raise TemporaryFailure(f"connection lost while sending: {exc}") from None
-        if refused:
-            self._classify(refused)
+            raise MaybeSent(f"connection lost after handing over {message_id}: {exc}") from None
+
+    def _envelope(self, mail_from: str, rcpt_to: list[str]) -> smtplib.SMTP:
+        """MAIL FROM and RCPT TO on a live connection; raises like `send`."""
+        for attempt in (1, 2):
+            reused = self._conn is not None
+            try:
+                conn = self.connect()
+            except PermanentFailure as exc:
+                # a refused login says nothing about this message: keep it queued
+                raise ServerUnreachable(str(exc)) from None
+            try:
+                conn.ehlo_or_helo_if_needed()
+                options = []
+                if not all(a.isascii() for a in (mail_from, *rcpt_to)) and \
+                        conn.has_extn("smtputf8"):
+                    options.append("SMTPUTF8")  # internationalised addresses (RFC 6531)
+                code, resp = conn.mail(mail_from, options)
+                if code != 250:
+                    self._reset(conn)
+                    raise _by_code(code, f"MAIL FROM refused: {_decode(resp)}")
+                refused = {}
+                for rcpt in rcpt_to:
+                    code, resp = conn.rcpt(rcpt)
+                    if code not in (250, 251):
+                        refused[rcpt] = (code, resp)
+                if refused:
+                    self._reset(conn)
+                    self._classify(refused)
+                return conn
+            except (OSError, smtplib.SMTPServerDisconnected) as exc:
+                self._conn = None
+                if reused and attempt == 1:
+                    continue  # the server closed our idle connection: open a fresh one
+                raise ServerUnreachable(
+                    f"SMTP {self.host}:{self.port} dropped the connection: {exc}") from None
+            except smtplib.SMTPResponseException as exc:
+                self._reset(conn)
+                raise _by_code(exc.smtp_code, _decode(exc.smtp_error)) from None
+        raise AssertionError("unreachable")
+
+    def _reset(self, conn: smtplib.SMTP) -> None:
+        """RSET after a refusal so the connection can carry the next message."""
+        try:
+            conn.rset()
+        except (OSError, smtplib.SMTPException):
+            self._conn = None
 
     def _classify(self, refused: dict[str, tuple[int, bytes]]) -> None:
         codes = [(rcpt, code, _decode(msg)) for rcpt, (code, msg) in refused.items()]
@@ -176,6 +225,14 @@ class SmtpSender:
                     conn.close()
                 except Exception:
                     pass
+
+
+def _by_code(code: int, text: str) -> TemporaryFailure | PermanentFailure:
+    """4xx is worth retrying; anything else (5xx, odd codes) is the server's final answer."""
+    message = f"{code} {text}"
+    if 400 <= code < 500:
+        return TemporaryFailure(message)
+    return PermanentFailure(message)
 
 
 class _SaslOnce:

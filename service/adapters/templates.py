@@ -57,7 +57,9 @@ class Renderer:
         found: set[str] = set()
         for d in self.dirs:
             if d.is_dir():
-                found |= {p.name.removesuffix(".txt.j2") for p in d.glob("*.txt.j2")}
+                # names starting with "_" are pieces other templates include
+                found |= {p.name.removesuffix(".txt.j2") for p in d.glob("*.txt.j2")
+                          if not p.name.startswith("_")}
         return sorted(found)
 
     def render(self, name: str, context: dict[str, Any]) -> Rendered:

@@ -14,6 +14,7 @@ second row with the same key, which is what makes "never twice" hold across rest
 from __future__ import annotations
 
 import enum
+import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -49,6 +50,8 @@ class Policy:
     pending_recheck: timedelta
     timezone: ZoneInfo
     quiet_hours: tuple[time, time] | None = None
+    quiet_weekends: bool = False  # no party mail on Saturdays and Sundays (network timezone)
+    party_weekly_cap: int = 3  # messages to one introduced person per 7 days; 0 = no cap
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +68,7 @@ class PartyState:
     reminders_sent: int = 0
     rounds: int = 0
     suppressed: bool = False
+    answered: bool = False  # the party has answered something (even "not yet") in this referral
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +106,10 @@ def first_due(introduced_at: datetime, policy: Policy) -> datetime:
 
 
 def in_quiet_hours(now: datetime, policy: Policy) -> bool:
-    """True when `now` falls in the network's quiet hours (start inclusive, end exclusive)."""
+    """True when `now` falls in the network's quiet hours (start inclusive, end exclusive),
+    or on a weekend when `policy.quiet_weekends` is set."""
+    if policy.quiet_weekends and now.astimezone(policy.timezone).weekday() >= 5:
+        return True
     if not policy.quiet_hours:
         return False
     start, end = policy.quiet_hours
@@ -115,17 +122,95 @@ def in_quiet_hours(now: datetime, policy: Policy) -> bool:
 
 
 def next_sendable(now: datetime, policy: Policy) -> datetime:
-    """`now`, or the end of the quiet hours it falls in (as an aware UTC datetime)."""
-    if not in_quiet_hours(now, policy):
-        return now
-    assert policy.quiet_hours is not None
-    end = policy.quiet_hours[1]
-    local = now.astimezone(policy.timezone)
-    candidate = local.replace(hour=end.hour, minute=end.minute, second=0, microsecond=0)
-    if candidate <= local:
-        candidate += timedelta(days=1)
-    # wall-clock arithmetic in the zone, then back to UTC; a DST gap at `end` moves it forward
-    return candidate.astimezone(UTC)
+    """`now`, or the end of the quiet time it falls in (as an aware UTC datetime).
+
+    Quiet weekends end at Monday 00:00 local time, or at the end of Monday's quiet hours when
+    those cover midnight, so Friday 21:00 with `20:00-08:00` and quiet weekends gives Monday
+    08:00.
+    """
+    moment = now
+    for _ in range(8):  # each step leaves one quiet stretch; a week has at most a few
+        if not in_quiet_hours(moment, policy):
+            return moment
+        local = moment.astimezone(policy.timezone)
+        if policy.quiet_weekends and local.weekday() >= 5:
+            monday = (local + timedelta(days=7 - local.weekday())).replace(
+                hour=0, minute=0, second=0, microsecond=0)
+            moment = monday.astimezone(UTC)
+            continue
+        assert policy.quiet_hours is not None
+        end = policy.quiet_hours[1]
+        candidate = local.replace(hour=end.hour, minute=end.minute, second=0, microsecond=0)
+        if candidate <= local:
+            candidate += timedelta(days=1)
+        # wall-clock arithmetic in the zone, then back to UTC; a DST gap at `end` moves it
+        # forward
+        moment = candidate.astimezone(UTC)
+    return moment
+
+
+CAP_WINDOW = timedelta(days=7)  # "per week" is a rolling 168 hours, the same across DST
+
+
+def cap_slot(at: datetime, history: list[datetime], cap: int,
+             window: timedelta = CAP_WINDOW) -> datetime:
+    """The earliest moment at or after `at` when one more message keeps the cap.
+
+    `history` holds the moments of the other messages to the same person (sent, or queued for
+    later). A new message at `t` is allowed when every `window`-long stretch containing `t`
+    then holds at most `cap` messages, counting queued ones too: a request queued for next
+    Tuesday counts against this Friday's window. `cap` 0 means no cap.
+    """
+    if cap <= 0:
+        return at
+    times = sorted(history)
+    # the count in a window only drops when a message leaves it: try `at`, then those moments
+    candidates = [at, *sorted(t + window for t in times if t + window > at)]
+    for t in candidates:
+        if _fits(t, times, cap, window):
+            return t
+    return candidates[-1]  # unreachable: after the last message leaves, the window is empty
+
+
+def _fits(t: datetime, times: list[datetime], cap: int, window: timedelta) -> bool:
+    points = sorted([*times, t])
+    # the busiest window containing t can be slid right until it starts at a message (or at
+    # t itself) without losing any: checking those windows is enough
+    return all(
+        sum(1 for x in points if start <= x < start + window) <= cap
+        for start in points
+        if start <= t < start + window
+    )
+
+
+def party_slot(now: datetime, policy: Policy, history: list[datetime]) -> datetime:
+    """When a message to an introduced person may go: outside quiet time and within the cap."""
+    moment = now
+    for _ in range(50):  # both rules only move forward; they agree within a few rounds
+        quiet = next_sendable(moment, policy)
+        capped = cap_slot(quiet, history, policy.party_weekly_cap)
+        if capped == quiet:
+            return quiet
+        moment = capped
+    return moment
+
+
+RETRY_BASE = timedelta(minutes=1)
+RETRY_CAP = timedelta(hours=6)
+MAX_SEND_ATTEMPTS = 15  # about a day and a half of retries, then `failed` for the operator
+
+
+def retry_delay(attempts: int, rand: float) -> timedelta | None:
+    """How long to wait after the `attempts`-th temporary failure; None means give up.
+
+    Exponential backoff (1, 2, 4 ... minutes, at most 6 hours) with "equal jitter": half the
+    delay is fixed, half is random (`rand` in [0, 1), passed in to keep this pure), so workers
+    that failed together do not retry together, and a retry is never immediate.
+    """
+    if attempts >= MAX_SEND_ATTEMPTS:
+        return None
+    full = min(RETRY_BASE * 2 ** min(max(attempts - 1, 0), 20), RETRY_CAP)
+    return full / 2 + full / 2 * min(max(rand, 0.0), 1.0)
 
 
 def due_step(state: PartyState, now: datetime, policy: Policy) -> Step:
@@ -154,6 +239,10 @@ def due_step(state: PartyState, now: datetime, policy: Policy) -> Step:
             note=f"{kind} #{rounds}",
         )
     if state.status is PartyStatus.REQUESTED:
+        if state.answered:
+            # they answered before ("not yet"), so we asked again; never nag after an answer
+            return Step(PartyStatus.NORESPONSE, None,
+                        note="no answer to the recheck; no reminder after an earlier answer")
         if state.reminders_sent < policy.max_reminders:
             n = state.reminders_sent + 1
             send = Send(
@@ -164,7 +253,7 @@ def due_step(state: PartyState, now: datetime, policy: Policy) -> Step:
                 referral_id=state.referral_id,
                 reply_to_party=True,
                 thread_with_request=True,
-                facts={"reminder": n},
+                facts={"reminder": n, "last": n >= policy.max_reminders},
             )
             return Step(
                 PartyStatus.REQUESTED,
@@ -281,3 +370,66 @@ def referral_outcome(outcomes: list[Outcome | None]) -> str:
     if answered:
         return "working"
     return "open"
+
+
+# Messages that ask an introduced person about an introduction: these are combined when
+# several fall due for the same person together.
+ASKING_KINDS = frozenset({"feedback_request", "reminder", "recheck"})
+# Messages to introduced people that count against INTROLOOP_PARTY_WEEKLY_CAP. The opt-out
+# confirmation is not here: it answers "stop", is the last mail that address ever gets, and
+# must never wait a week.
+CAPPED_KINDS = ASKING_KINDS | {"combined_request", "pending_ack", "thanks_positive",
+                               "thanks_negative"}
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What to do with one person's steps that fell due together.
+
+    Either `hold_until` is set (quiet time or the weekly cap: leave every party as it is and
+    look again then), or the steps are applied and `send` (one message, combined when the
+    steps asked about several introductions) is queued.
+    """
+
+    hold_until: datetime | None
+    steps: tuple[Step, ...]
+    send: Send | None
+
+
+def batch_for_person(steps: list[Step], now: datetime, policy: Policy,
+                     history: list[datetime]) -> Batch:
+    """Combine the due steps of one person's parties (across referrals) into at most one message.
+
+    `steps` come from `due_step` for each of the person's due parties; `history` holds the
+    moments of the other capped messages to that person. One message counts once against the
+    cap however many introductions it asks about.
+    """
+    sends = [m for st in steps for m in st.sends]
+    if not sends:
+        return Batch(None, tuple(steps), None)
+    slot = party_slot(now, policy, history)
+    if slot > now:
+        return Batch(slot, tuple(steps), None)
+    if len(sends) == 1:
+        return Batch(None, tuple(steps), sends[0])
+    ordered = sorted(sends, key=lambda m: (m.referral_id or 0, m.party_id or 0))
+    first = ordered[0]
+    items = [
+        {"party_id": m.party_id, "referral_id": m.referral_id, "kind": m.kind, "key": m.key,
+         **m.facts}
+        for m in ordered
+    ]
+    # the key names every logical message it stands for, so it is as unique as they are
+    key = "combined:" + "+".join(m.key for m in ordered)
+    if len(key) > 290:
+        key = "combined:" + hashlib.sha256(key.encode()).hexdigest()[:40]
+    combined = Send(
+        kind="combined_request",
+        key=key,
+        to=first.to,
+        party_id=first.party_id,
+        referral_id=first.referral_id,
+        facts={"items": items},
+        reply_to_party=True,
+    )
+    return Batch(None, tuple(steps), combined)

@@ -2,7 +2,11 @@
 
 Python 3.11.7 (on the project's machines) predates CPython's header-injection fixes
 (CVE-2024-6923, CVE-2026-1299), so every header value is checked here for CR, LF and NUL,
-and display names are flattened before they reach an Address.
+and display names are flattened before they reach an Address. That is not enough on its own:
+the email package decodes RFC 2047 encoded-words found in a value it is given, so a name like
+`=?utf-8?q?Bob=0D=0ABcc:_x@evil?=` would turn into a line break inside a header. Encoded-words
+are therefore decoded (and flattened) here first, and every built message is parsed back and
+checked before it is returned.
 """
 
 from __future__ import annotations
@@ -12,11 +16,16 @@ import hmac
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from email import message_from_bytes
+from email import policy as email_policy
+from email.errors import HeaderParseError
+from email.header import decode_header, make_header
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
 from urllib.parse import quote
 
+from service.core import tokens as tk
 from service.core.model import Person
 
 _FORBIDDEN = re.compile(r"[\r\n\x00]")
@@ -34,9 +43,28 @@ def safe(value: str, field: str) -> str:
     return value
 
 
+_ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
+
+
+def header_text(value: str) -> str:
+    """`value` made safe for any header: encoded-words decoded (a few rounds, for nested
+    ones), control characters turned into spaces, whitespace collapsed, and whatever still
+    looks like an encoded-word broken up so the email package cannot decode it again."""
+    text = value or ""
+    for _ in range(3):
+        if not _ENCODED_WORD.search(text):
+            break
+        try:
+            text = str(make_header(decode_header(text)))
+        except (HeaderParseError, LookupError, UnicodeError, ValueError):
+            break
+    text = " ".join(_NAME_JUNK.sub(" ", text).split())
+    return text.replace("=?", "= ?")
+
+
 def clean_name(name: str) -> str:
-    """A display name with control characters (CR, LF, NUL, tabs) turned into spaces."""
-    return " ".join(_NAME_JUNK.sub(" ", name or "").split())
+    """A display name safe for a header (see `header_text`)."""
+    return header_text(name)
 
 
 def address(person: Person) -> Address:
@@ -89,15 +117,16 @@ def build_message(env: Envelope, subject: str, text: str, html: str | None) -> E
     msg = EmailMessage()
     msg["From"] = address(env.sender)
     msg["To"] = address(env.to)
-    msg["Subject"] = safe(subject, "Subject")
+    msg["Subject"] = header_text(safe(subject, "Subject"))
     msg["Date"] = format_datetime(env.date)
     msg["Message-ID"] = safe(f"<{env.message_id}>", "Message-ID")
     if env.reply_to:
         msg["Reply-To"] = safe(env.reply_to, "Reply-To")
-    refs = [r for r in env.references if r != env.in_reply_to]
-    if env.in_reply_to:
-        msg["In-Reply-To"] = safe(f"<{env.in_reply_to}>", "In-Reply-To")
-        refs.append(env.in_reply_to)
+    in_reply_to = _thread_id(env.in_reply_to)
+    refs = [r for r in map(_thread_id, env.references) if r and r != in_reply_to]
+    if in_reply_to:
+        msg["In-Reply-To"] = safe(f"<{in_reply_to}>", "In-Reply-To")
+        refs.append(in_reply_to)
     if refs:
         # threads our message under the conversation the recipient already has
         msg["References"] = safe(" ".join(f"<{r}>" for r in refs[-10:]), "References")
@@ -111,7 +140,47 @@ def build_message(env: Envelope, subject: str, text: str, html: str | None) -> E
     msg.set_content(text)
     if html is not None:
         msg.add_alternative(html, subtype="html")
+    _check(msg, env)
     return msg
+
+
+_SANE_ID = re.compile(r"^[!#-;=?-~]{1,250}$")  # printable ASCII without <, >, space
+
+
+def _thread_id(message_id: str | None) -> str | None:
+    """A Message-ID to thread under, or None when it is not one we can repeat safely.
+
+    The intro's Message-ID comes from whoever wrote it: one with spaces, brackets or an
+    encoded-word (which the email package would decode into a line break) is left out.
+    """
+    if not message_id:
+        return None
+    value = message_id.strip().strip("<>")
+    if not _SANE_ID.match(value) or "=?" in value:
+        return None
+    return value
+
+
+def _check(msg: EmailMessage, env: Envelope) -> None:
+    """Parse the serialized message back: exactly our recipient and sender, no extra headers.
+
+    The last line of defence against header injection through some path nobody thought of:
+    better no message than one with a Bcc an attacker chose.
+    """
+    raw = msg.as_bytes(policy=email_policy.SMTP)
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    for line in head.split(b"\r\n"):
+        if not (line[:1] in (b" ", b"\t") or b":" in line):
+            raise HeaderInjection("a header line without a name; refusing to send")
+    back = message_from_bytes(raw, policy=email_policy.default)
+    names = [k.lower() for k in back]
+    if any(n in names for n in ("bcc", "cc", "resent-to", "resent-bcc")) or len(names) != len(
+            {k.lower() for k in msg}) or len(names) != len(set(names)):
+        raise HeaderInjection("the message grew a header it should not have; refusing to send")
+    for field, person in (("To", env.to), ("From", env.sender)):
+        addrs = [a.addr_spec.lower() for a in back[field].addresses]
+        if addrs != [person.email.lower()]:
+            raise HeaderInjection(f"{field} would go to {addrs}, not {person.email}; refusing")
 
 
 def mailto(address_: str, subject: str, body: str = "") -> str:
@@ -120,3 +189,128 @@ def mailto(address_: str, subject: str, body: str = "") -> str:
     if body:
         url += f"&body={quote(body)}"
     return url
+
+
+# ------------------------------------------------------------------ people, as templates see them
+
+_TITLES = frozenset({"dr", "mr", "mrs", "ms", "mx", "miss", "prof", "sir", "dame", "herr", "frau",
+                     "m", "mme", "mlle", "sr", "sra", "dhr", "mevr"})
+# Kana, CJK ideographs and Hangul: names written in these scripts are not "first last", so
+# the whole name is used rather than a guessed first word.
+_NO_SPLIT = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
+
+
+@dataclass(frozen=True, slots=True)
+class Addressee:
+    """A person as the templates see them, with graceful fallbacks when no name is known.
+
+    Everyone Introloop writes to may be known only by an address ("bob@acme.example" with no
+    display name); templates greet them with `hello` ("Hi Bob" / "Hello") and name them in a
+    sentence with `short` (first name, else the address) or `display` (full name, else the
+    address). `first_name` keeps the old meaning (first name, else the address's local part).
+    """
+
+    email: str
+    name: str = ""
+
+    @property
+    def display(self) -> str:
+        """The full name, or the address when no name is known."""
+        return self.name or self.email
+
+    @property
+    def given(self) -> str:
+        """Best guess at the name to greet them by ("" when no name is known)."""
+        name = self.name
+        if not name:
+            return ""
+        if _NO_SPLIT.search(name):
+            return name
+        if "," in name:  # "Smith, Jane" (directory order)
+            after = name.split(",", 1)[1].strip()
+            name = after or name.split(",", 1)[0]
+        words = [w for w in name.split() if w.strip(".").lower() not in _TITLES] or name.split()
+        return words[0] if words else ""
+
+    @property
+    def first_name(self) -> str:
+        """`given`, or the address's local part (what `Person.first_name` gives)."""
+        return self.given or self.email.split("@", 1)[0]
+
+    @property
+    def short(self) -> str:
+        """`given`, or the whole address: for the middle of a sentence."""
+        return self.given or self.email
+
+    @property
+    def hello(self) -> str:
+        """A greeting without the comma: "Hi Bob", or "Hello" when no name is known."""
+        return f"Hi {self.given}" if self.given else "Hello"
+
+    def __str__(self) -> str:
+        return self.display
+
+
+def addressee(person: Person) -> Addressee:
+    """`person` for the templates: control characters gone, address-like names dropped."""
+    name = clean_name(person.name).strip("'\" ")
+    if "@" in name:
+        # "bob@acme.example" <bob@acme.example>, or "'bob@x' via Group": no real name here
+        name = ""
+    return Addressee(person.email, name)
+
+
+def names_of(people: list[Addressee], *, short: bool = False) -> str:
+    """ "Carol Nguyen", "Carol Nguyen and Dave Li", "Carol, Dave and Erin" (with `short`);
+    addresses where no name is known."""
+    names = [p.short if short else p.display for p in people]
+    if len(names) <= 1:
+        return "".join(names)
+    return ", ".join(names[:-1]) + " and " + names[-1]
+
+
+# ------------------------------------------------------------------ one-click answers
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """One one-click answer: a plus-address carrying the party's signed token and the answer.
+
+    HTML shows `url` (a mailto: link with a ready subject and text); plain text shows
+    `address`, which is short enough to read and copy.
+    """
+
+    kind: str  # positive | negative | pending | optout
+    label: str
+    address: str
+    url: str
+    body: str = ""  # the text the mailto: link prefills
+
+
+_CHOICES = (
+    ("p", "It went well", "It went well with {who}."),
+    ("n", "Not a fit", "It did not work out with {who}."),
+    ("w", "Not yet", "We have not connected yet with {who}."),
+    ("s", "Stop asking me", "Please stop sending me these check-ins."),
+)
+
+
+def answer_choices(secret: bytes, service_address: str, party_id: int,
+                   who: str) -> tuple[Choice, ...]:
+    """The four one-click answers for party `party_id`; `who` names the other side."""
+    out = []
+    for letter, label, body in _CHOICES:
+        addr = tk.plus_address(service_address, tk.make_token(secret, party_id, letter))
+        kind = tk.ANSWER_KINDS[letter].value
+        text = body.format(who=who or "them")
+        out.append(Choice(kind, label, addr, mailto(addr, label, text), text))
+    return tuple(out)
+
+
+# Headers a DKIM signature covers: what a forger would want to change. List-Unsubscribe and
+# List-Unsubscribe-Post must be signed for one-click unsubscribe to be trusted (RFC 8058 §4).
+DKIM_HEADERS = (
+    "From", "To", "Subject", "Date", "Message-ID", "Reply-To", "In-Reply-To", "References",
+    "List-Unsubscribe", "List-Unsubscribe-Post", "Auto-Submitted", "MIME-Version",
+    "Content-Type",
+)

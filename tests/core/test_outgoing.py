@@ -13,8 +13,12 @@ from service.core.model import Person
 from service.core.outgoing import (
     Envelope,
     HeaderInjection,
+    addressee,
+    answer_choices,
     build_message,
+    header_text,
     is_minted,
+    names_of,
     stable_message_id,
 )
 
@@ -82,3 +86,56 @@ def test_any_name_yields_a_single_line_header(name: str) -> None:
     parsed = message_from_bytes(raw, policy=policy.default)
     assert parsed["To"].addresses[0].addr_spec == "bob@acme.example"
     assert parsed["Bcc"] is None
+
+
+# ---------------------------------------------------------------- encoded-words and names
+
+
+@pytest.mark.parametrize("where", ["name", "subject", "references"])
+def test_encoded_words_cannot_smuggle_a_line_break(where: str) -> None:
+    # the email package decodes RFC 2047 words in what it is given: "=0D=0A" is CR LF
+    evil = "=?utf-8?q?Bob=0D=0ABcc:_x@evil.example?="
+    to = Person("bob@acme.example", evil if where == "name" else "Bob")
+    subject = f"About {evil}" if where == "subject" else "Hello"
+    refs = (f"<{evil}@x.example>",) if where == "references" else ()
+    msg = build_message(_env(to, references=refs), subject, "text", "<p>html</p>")
+    raw = msg.as_bytes(policy=policy.SMTP)
+    parsed = message_from_bytes(raw, policy=policy.default)
+    assert parsed["Bcc"] is None
+    assert [a.addr_spec for a in parsed["To"].addresses] == ["bob@acme.example"]
+    for line in raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        assert line.startswith((b" ", b"\t")) or b":" in line
+
+
+def test_header_text_keeps_honest_encoded_names() -> None:
+    assert header_text("=?utf-8?q?Jos=C3=A9_M=C3=BCller?=") == "José Müller"
+    assert header_text("Bob\r\n  Chen\x00") == "Bob Chen"
+    assert "=?" not in header_text("=?bogus-charset?q?x?=")
+
+
+@pytest.mark.parametrize("name, hello, short, display", [
+    ("Bob Chen", "Hi Bob", "Bob", "Bob Chen"),
+    ("", "Hello", "bob@acme.example", "bob@acme.example"),  # address only
+    ("bob@acme.example", "Hello", "bob@acme.example", "bob@acme.example"),
+    ("Dr. Jane Smith", "Hi Jane", "Jane", "Dr. Jane Smith"),
+    ("Smith, Jane", "Hi Jane", "Jane", "Smith, Jane"),
+    ("José Müller-Łukasiewicz", "Hi José", "José", "José Müller-Łukasiewicz"),
+    ("山田 太郎", "Hi 山田 太郎", "山田 太郎", "山田 太郎"),
+    ("'Carol'", "Hi Carol", "Carol", "Carol"),
+    ("Bob\r\nBcc: x@evil", "Hello", "bob@acme.example", "bob@acme.example"),
+])
+def test_names_fall_back_gracefully(name: str, hello: str, short: str, display: str) -> None:
+    a = addressee(Person("bob@acme.example", name))
+    assert (a.hello, a.short, a.display) == (hello, short, display)
+    assert a.first_name  # the old meaning: never empty
+
+
+def test_names_of_and_one_click_choices() -> None:
+    people = [addressee(Person("c@x.example", "Carol Nguyen")), addressee(Person("d@x.example"))]
+    assert names_of(people) == "Carol Nguyen and d@x.example"
+    assert names_of(people, short=True) == "Carol and d@x.example"
+    choices = answer_choices(b"s" * 20, "referrals@net.example", 7, "Carol")
+    assert [c.kind for c in choices] == ["positive", "negative", "pending", "optout"]
+    assert all(c.address.startswith("referrals+7") and c.url.startswith(f"mailto:{c.address}?")
+               for c in choices)
+    assert choices[0].body == "It went well with Carol."
