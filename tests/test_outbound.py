@@ -575,3 +575,18 @@ def test_replies_thread_under_the_right_conversation(world) -> None:
     # the referrer's appreciation threads under the intro they wrote
     appreciation = rec.to("alice@example.com")[0]
     assert appreciation["References"] == request["References"]
+
+
+def test_dates_for_a_member_are_in_the_members_timezone(tmp_path) -> None:
+    # 23:30 UTC on Monday 5 October is already Tuesday 6 October in Auckland
+    late = datetime(2026, 10, 5, 23, 30, tzinfo=UTC)
+    loop, clock, rec = make_world(tmp_path, late, feedback_delay="0s")
+    add_member(loop.settings, "alice@example.com", "Alice Martin", "Pacific/Auckland", ())
+    intro(loop, "alice@example.com", ["bob@acme.example", "carol@studio.example"])
+    loop.run_once()
+    request = rec.to("bob@acme.example")[0]
+    assert "Monday 5 October 2026" in text_of(request)  # a party: the network's timezone
+    write_to(loop, "bob@acme.example", str(request["Reply-To"]), "Yes, it went well!")
+    loop.run_once()
+    appreciation = rec.to("alice@example.com")[0]
+    assert "Tuesday 6 October 2026" in text_of(appreciation)
