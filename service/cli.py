@@ -460,53 +460,56 @@ def referrals(ctx: Ctx, as_json: bool) -> None:
 @main.command(
     epilog="Examples:\n\n  introloop summary --month 2026-10\n\n"
     "  introloop summary --month 2026-10 --member alice@example.com --html alice.html\n\n"
-    "  introloop summary --month 2026-10 --send"
+    "  introloop summary --month 2026-10 --network --json\n\n"
+    "  introloop summary --month 2026-10 --send --dry-run"
 )
 @click.option("--month", required=True, help="The month, as YYYY-MM.")
 @click.option("--member", default=None, help="Only this member's summary.")
-@click.option("--send", is_flag=True, help="Queue and send them (each at most once).")
+@click.option("--network", is_flag=True,
+              help="The operator's summary of the whole network (to INTROLOOP_OPERATOR).")
+@click.option("--send", is_flag=True, help="Queue and send them (each at most once, ever).")
 @click.option("--dry-run", is_flag=True, help="With --send: say what would be sent, send nothing.")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the (first) summary's HTML to this file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summaries' data as JSON.")
 @pass_ctx
 @friendly
-def summary(ctx: Ctx, month: str, member: str | None, send: bool, dry_run: bool,
-            html_file: Path | None, as_json: bool) -> None:
-    """Preview, export or send members' monthly summaries."""
+def summary(ctx: Ctx, month: str, member: str | None, network: bool, send: bool,
+            dry_run: bool, html_file: Path | None, as_json: bool) -> None:
+    """Preview, export or send the monthly summaries (members', or the network's)."""
     from service.app import build_loop
     from service.core.summary import Month
-    from service.queries import summary_json
 
     try:
         m = Month.parse(month)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--month") from None
+    if network and member:
+        raise click.BadParameter("use either --member or --network", param_hint="--network")
     settings = ctx.settings()
     require_for_run(settings)
     loop = build_loop(settings)
     if send and not dry_run:
-        report = loop.queue_summaries(m, member)
+        report = loop.queue_network_summary(m) if network else loop.queue_summaries(m, member)
         report.merge(loop.flush_outbox())
         _print_report(report, as_json)
         return
-    summaries = [s for s in loop.summaries(m, member) if s.has_activity]
+    previews = loop.summary_previews(m, member=member, network=network)
     if as_json:
-        _out([summary_json(s) for s in summaries])
-    if not summaries and not as_json:
-        click.echo(f"no member has anything to report for {m}")
-    for s in summaries:
-        rendered = loop.renderer.render("monthly_summary", {
-            "network": {"name": settings.network_name, "address": settings.address},
-            "recipient": s.member, "summary": s})
+        _out([p.data() for p in previews])
+    if not previews and not as_json:
+        click.echo(f"nobody has anything to report for {m}" if member is None
+                   else f"{member} is not a member")
+    for p in previews:
         if html_file is not None:
-            html_file.write_text(rendered.html, encoding="utf-8")
+            html_file.write_text(p.rendered.html, encoding="utf-8")
             click.echo(f"wrote {html_file}", err=True)
             html_file = None
         if not as_json:
-            verb = "would send" if dry_run else "preview"
-            click.echo(f"=== {verb}: {s.member.email}: {rendered.subject}")
-            click.echo(rendered.text)
+            verb = ("already queued" if p.outbox_status else "would send") if p.wanted \
+                else "nothing to report, not sent"
+            click.echo(f"=== {p.to}: {p.rendered.subject} ({verb})")
+            click.echo(p.rendered.text)
 
 
 # ---------------------------------------------------------------------------------- members

@@ -134,6 +134,7 @@ class Settings(BaseSettings):
     quiet_weekends: bool = False
     party_weekly_cap: int = Field(default=3, ge=0)
     summary_hour: int = Field(ge=0, le=23)
+    summary_empty: Literal["skip", "send"] = "skip"
     poll_interval: timedelta
     # operator alerts: the mailbox has had no mail for this long (0s: never alert)
     silence_alert: timedelta = timedelta(days=7)

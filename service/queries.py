@@ -23,7 +23,7 @@ from service.adapters.tables import (
 from service.config import ConfigError, Settings
 from service.core.decide import referral_outcome
 from service.core.model import Outcome
-from service.core.summary import MemberSummary
+from service.core.summary import MemberSummary, member_summary_json
 
 _EMAIL = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
 
@@ -243,21 +243,5 @@ def list_unclear(settings: Settings) -> list[dict[str, Any]]:
 
 
 def summary_json(s: MemberSummary) -> dict[str, Any]:
-    """A summary as JSON-friendly data."""
-    return {
-        "member": s.member.email,
-        "month": str(s.month),
-        "counts": s.counts,
-        "success_rate": s.success_rate,
-        "success_rate_12m": s.success_rate_12m,
-        "trend": s.trend,
-        "thanks_received": s.thanks_received,
-        "passed": [{"id": r.id, "names": r.names, "outcome": r.outcome,
-                    "answers": [list(a) for a in r.answers]} for r in s.passed],
-        "still_open": [{"id": r.id, "names": r.names} for r in s.still_open],
-        "received": [{"id": r.id, "names": r.names} for r in s.received],
-        "quotes": [list(q) for q in s.quotes],
-        "lessons": list(s.lessons),
-        "chart": [{"month": b.label, "worked": b.worked, "did_not": b.did_not,
-                   "pending": b.pending} for b in s.chart],
-    }
+    """A member's summary as JSON-friendly data (see core.summary.member_summary_json)."""
+    return member_summary_json(s)
