@@ -22,6 +22,7 @@ from service.adapters.tables import (
 )
 from service.core import headers as h
 from service.core import tokens as tk
+from service.core.auth import authenticate
 from service.core.body import parse_message, text_body
 from service.core.decide import (
     ACTIVE,
@@ -226,6 +227,9 @@ class InboundMixin(LoopBase):
             out = s.exec(select(Outbox).where(Outbox.message_id == ref)).first()
             if out is None:
                 continue
+            if out.kind == "intro_confirmation" and out.referral_id is not None:
+                # the member answered our confirmation without its token: "cancel" still counts
+                return self._on_cancel(s, row, out.referral_id, reading)
             if out.kind == "unclear_review" and out.party_id is not None:
                 reply_id = int(out.key.rsplit(":", 1)[1]) if out.key.startswith("unclear:") else 0
                 return self._on_operator_verdict(s, row, msg, reply_id, reading, report)
@@ -241,8 +245,13 @@ class InboundMixin(LoopBase):
         if reading.kind is Kind.INTRO:
             return self._on_intro(s, row, reading, report)
 
-        # 3. the sender has an open request: a reply that lost its token and references
-        if reading.sender is not None:
+        # 3. the sender has an open request: a reply that lost its token and references.
+        # Only the From vouches for it here, so a From the trusted server says is forged
+        # must not be matched (a token or a reference would have proved receipt instead).
+        forged = reading.sender is not None and authenticate(
+            msg, from_address=reading.sender.email,
+            trusted=self.settings.trusted_authserv_id).rejected
+        if reading.sender is not None and not forged:
             party = s.exec(
                 select(Party)
                 .where(

@@ -261,3 +261,38 @@ def test_unclear_replies_can_go_to_the_referrer(tmp_path: Path) -> None:
     r = loop.run_once()
     assert "settled as negative" in r.processed[0][2]
     assert ("lessons", "alice@example.com") in sent_kinds(loop)
+
+
+def test_a_forged_from_is_not_matched_by_sender(tmp_path: Path) -> None:
+    st = settings(tmp_path, feedback_delay="0s", trusted_authserv_id="mx.network.example")
+    loop = build_loop(st, clock=FrozenClock(START))
+    add_member(st, "alice@example.com", "Alice Martin", None, ())
+    deliver(loop, INTRO.format(n=10))
+    loop.run_once()
+    # no token, no reference: only the From names Bob, and our server says it is forged
+    forged = ("From: bob@acme.example\nTo: referrals@network.example\nSubject: hi\n"
+              "Authentication-Results: mx.network.example; dmarc=fail header.from=acme.example;"
+              " spf=fail smtp.mailfrom=acme.example\nMessage-ID: <forged-1@evil.example>\n\n"
+              "Yes, it went great!\n")
+    deliver(loop, forged)
+    r = loop.run_once()
+    assert "names no request" in r.processed[0][2] and r.sent == []
+    with loop.session() as s:
+        assert s.exec(select(Reply)).all() == []
+
+
+def test_cancel_by_replying_to_the_confirmation_without_its_token(tmp_path: Path) -> None:
+    st = settings(tmp_path, confirm_intros=True)
+    loop = build_loop(st, clock=FrozenClock(START))
+    add_member(st, "alice@example.com", "Alice Martin", None, ())
+    deliver(loop, INTRO.format(n=11))
+    loop.run_once()
+    confirmation = next(o for o in outbox(loop) if o.kind == "intro_confirmation")
+    # the member's client answered to the plain service address, but threaded
+    deliver(loop, "From: alice@example.com\nTo: referrals@network.example\nSubject: Re: x\n"
+                  f"In-Reply-To: <{confirmation.message_id}>\n"
+                  "Message-ID: <cancel-11@example.com>\n\ncancel\n")
+    r = loop.run_once()
+    assert "cancelled" in r.processed[0][2]
+    with loop.session() as s:
+        assert {p.status for p in s.exec(select(Party))} == {"cancelled"}
