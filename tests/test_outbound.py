@@ -580,7 +580,7 @@ def test_replies_thread_under_the_right_conversation(world) -> None:
 def test_dates_for_a_member_are_in_the_members_timezone(tmp_path) -> None:
     # 23:30 UTC on Monday 5 October is already Tuesday 6 October in Auckland
     late = datetime(2026, 10, 5, 23, 30, tzinfo=UTC)
-    loop, clock, rec = make_world(tmp_path, late, feedback_delay="0s")
+    loop, _, rec = make_world(tmp_path, late, feedback_delay="0s")
     add_member(loop.settings, "alice@example.com", "Alice Martin", "Pacific/Auckland", ())
     intro(loop, "alice@example.com", ["bob@acme.example", "carol@studio.example"])
     loop.run_once()
