@@ -722,7 +722,7 @@ def preview(ctx: Ctx, template: str | None, all_: bool, out_dir: Path, no_screen
 
     from service import browser as br
     from service.adapters.templates import Renderer
-    from service.preview import Sample, write_preview
+    from service.preview import SAMPLES, Sample, write_preview
 
     try:
         settings: Settings | None = ctx.settings()
@@ -741,7 +741,7 @@ def preview(ctx: Ctx, template: str | None, all_: bool, out_dir: Path, no_screen
     else:
         sample = Sample()
     missing = None if no_screenshots else br.available()
-    results, errors = [], []
+    results, errors, skipped = [], [], []
     with ExitStack() as stack:
         b = stack.enter_context(br.browser()) if not no_screenshots and not missing else None
         for name in wanted:
@@ -749,11 +749,15 @@ def preview(ctx: Ctx, template: str | None, all_: bool, out_dir: Path, no_screen
                 results.append(write_preview(renderer, name, out_dir, sample=sample,
                                              screenshots=not no_screenshots, browser=b))
             except TemplateError as exc:
-                errors.append((name, str(exc)))
+                if all_ and name not in SAMPLES:
+                    skipped.append(name)  # --all: a message without sample data is no error
+                else:
+                    errors.append((name, str(exc)))
     if as_json:
         _out({"written": [{"template": r.name, "subject": r.subject,
                            "files": [str(f) for f in r.files]} for r in results],
               "errors": [{"template": n, "error": e} for n, e in errors],
+              "skipped_no_sample": skipped,
               "screenshots": None if (missing or no_screenshots) else "written",
               "screenshots_missing": missing})
     else:
@@ -763,6 +767,9 @@ def preview(ctx: Ctx, template: str | None, all_: bool, out_dir: Path, no_screen
                 click.echo(f"  wrote {f}")
         for name, error in errors:
             click.echo(f"error: {name}: {error}", err=True)
+        if skipped:
+            click.echo(f"skipped (no sample data in service/preview.py): {', '.join(skipped)}",
+                       err=True)
         if missing and not no_screenshots:
             click.echo(f"no screenshots: {missing}; the .html files open in any browser",
                        err=True)

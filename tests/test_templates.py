@@ -196,3 +196,13 @@ def test_preview_uses_the_operators_network_name(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     text = (tmp_path / "reminder.txt").read_text()
     assert "The Guild" in text and "intros+12" in text
+
+
+def test_preview_all_skips_messages_without_sample_data(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["--env-file", "/nonexistent", "preview", "--all",
+                                       "--out", str(tmp_path), "--no-screenshots", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert {w["template"] for w in data["written"]} == set(SAMPLES)
+    assert data["errors"] == []
+    assert len(list(tmp_path.glob("*.eml"))) == len(SAMPLES)
