@@ -2,7 +2,7 @@
 
 Seeds a SQLite database with MEMBERS members (a third of them idle) and REFERRALS referrals
 spread over 13 months, then times, under a frozen clock on 1 November 09:30 UTC:
-  - the first tick of the month (builds every member's summary and the operator's, queues them),
+  - the ticks of the 1st (build every member's summary and the operator's, queue them),
   - the ticks after it (each reads the members and summary_log, nothing else),
   - rebuilding every summary without the log (what every tick cost before summary_log existed).
 
@@ -63,9 +63,16 @@ def main(members: int = 1000, referrals: int = 20000) -> None:
     sa.event.listen(loop.engine, "before_cursor_execute",
                     lambda *a: statements.append(a[2]))
 
-    t0 = time.perf_counter()
-    report = loop.queue_monthly_summaries()
-    first = time.perf_counter() - t0
+    # the 1st: each tick builds at most `summaries_per_tick` summaries; tick until all are done
+    ticks, queued, first, slowest = 0, 0, 0.0, 0.0
+    while True:
+        t0 = time.perf_counter()
+        got = len(loop.queue_monthly_summaries().queued)
+        took = time.perf_counter() - t0
+        if not got and ticks and took < 1:
+            break
+        ticks, queued, first, slowest = ticks + 1, queued + got, first + took, max(slowest, took)
+        clock.current += timedelta(minutes=1)
     first_statements = len(statements)
 
     later, counts = [], []
@@ -83,8 +90,9 @@ def main(members: int = 1000, referrals: int = 20000) -> None:
 
     print(f"members={members} (idle {members - len(active)}) referrals={referrals} parties="
           f"{2 * referrals}")
-    print(f"first tick of the month: {first * 1000:.0f} ms, {len(report.queued)} summaries "
-          f"queued, {first_statements} SQL statements")
+    print(f"the 1st: {queued} summaries queued in {ticks} ticks of at most "
+          f"{loop.summaries_per_tick} members, {first:.1f} s in all, slowest tick "
+          f"{slowest:.1f} s, {first_statements} SQL statements")
     print(f"later ticks: median {statistics.median(later) * 1000:.1f} ms, "
           f"{statistics.median(counts):.0f} SQL statements each")
     print(f"rebuilding all {len(built)} member summaries (the old per-tick cost): "
