@@ -132,6 +132,43 @@ def test_right_or_unclear(clf: Classifier, text: str, expected: Outcome) -> None
     assert verdict.outcome != OPT or expected == OPT
 
 
+# Costly mistakes that must never happen, whatever else the answer is.
+NEVER = [
+    ("Nice call. Nothing further planned.", {POS, OPT}),
+    ("Great chat with Sven! They went with a bigger agency though.", {POS, OPT}),
+    ("Not disappointed in the slightest, they're now our supplier.", {NEG, OPT}),
+    ("Never been so glad to be introduced to someone.", {NEG, OPT}),
+    ("I don't regret a minute of it, great partnership.", {NEG, OPT}),
+    ("Stop by for coffee when you're around!", {OPT}),
+    ("We unsubscribed from their newsletter ages ago, but the call went well.", {OPT, NEG}),
+    ("Please send me her number again.", {OPT}),
+    ("Could you stop by our booth at the fair? We'd love to say thanks, it worked out.", {OPT}),
+]
+
+
+@pytest.mark.parametrize(("text", "forbidden"), NEVER)
+def test_never(clf: Classifier, text: str, forbidden: set[Outcome]) -> None:
+    verdict = clf.classify(text)
+    assert verdict.outcome not in forbidden, verdict
+
+
+def test_weak_praise_needs_the_model(rules_only: Classifier) -> None:
+    """Praise for the meeting alone is no outcome without a model that agrees."""
+    assert rules_only.classify("Great call with them.").outcome == UNC
+
+
+def test_thresholds_can_be_overridden() -> None:
+    with (CLASSIFIER_DIR / "vocabulary.toml").open("rb") as fh:
+        vocabulary = tomllib.load(fh)
+    model = json.loads((CLASSIFIER_DIR / "model.json").read_text(encoding="utf-8"))
+    strict = Classifier(vocabulary, model, thresholds={"positive": 1.01, "negative": 1.01})
+    # With no cue, an unreachable threshold sends the model's answer to a person.
+    assert strict.classify("We grabbed lunch and compared notes on hiring.").outcome in (
+        UNC,
+        PEND,
+    )
+
+
 def test_rule_names_what_decided(clf: Classifier) -> None:
     assert clf.classify("Please unsubscribe me").rule == "rule:optout:en:unsubscribe"
     assert clf.classify("Abmelden bitte").rule.startswith("rule:optout:de:")
