@@ -60,6 +60,7 @@ from service.core.outgoing import (
     names_of,
     stable_message_id,
 )
+from service.core.summary import may_quote
 from service.loopbase import (
     REQUEST_KINDS,
     LoopBase,
@@ -354,6 +355,8 @@ class OutboundMixin(LoopBase):
                                                   party_id, who)}
         if reply_row.rule.startswith("one-click") and " ".join(text.split()) in canned:
             return ""
+        if not may_quote(text):
+            return ""  # they asked us to keep it between us ("confidential", "entre nous"...)
         return text
 
     def flush_outbox(self, limit: int = 200) -> PassReport:

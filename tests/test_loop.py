@@ -296,3 +296,19 @@ def test_cancel_by_replying_to_the_confirmation_without_its_token(tmp_path: Path
     assert "cancelled" in r.processed[0][2]
     with loop.session() as s:
         assert {p.status for p in s.exec(select(Party))} == {"cancelled"}
+
+
+def test_a_party_who_asks_for_discretion_is_not_quoted(world) -> None:
+    loop, clock = world
+    deliver(loop, INTRO.format(n=12))
+    loop.run_once()
+    clock.advance(timedelta(days=3))
+    loop.run_once()
+    deliver(loop, reply(loop, request_to(loop, "bob@acme.example"), "bob@acme.example",
+                        "It went well. Between us, their pricing is steep; please keep this "
+                        "confidential.", n=12))
+    loop.run_once()
+    appreciation = next(o for o in outbox(loop) if o.kind == "appreciation")
+    text = message_from_bytes(appreciation.raw, policy=policy.default).get_body(
+        ("plain",)).get_content()
+    assert "pricing" not in text and "confidential" not in text
