@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 
 from service.adapters.templates import Renderer, TemplateError
 from service.core import tokens as tk
-from service.core.model import Person
+from service.core.model import Outcome, Person
 from service.core.outgoing import (
     Addressee,
     Envelope,
@@ -32,6 +32,16 @@ from service.core.outgoing import (
     mailto,
     names_of,
     stable_message_id,
+)
+from service.core.summary import (
+    DeliveryRecord,
+    Month,
+    PartyRecord,
+    ReferralRecord,
+    SuppressionRecord,
+    UnclearRecord,
+    member_summary,
+    network_summary,
 )
 
 SECRET = b"preview-only-secret-never-used-for-real-mail"
@@ -155,6 +165,77 @@ def _combined(sample: Sample) -> dict[str, Any]:
     return ctx
 
 
+def _records(sample: Sample) -> list[ReferralRecord]:
+    """A few referrals by the sample referrer over the last months, with every kind of answer."""
+    def party(person: Person, outcome: Outcome | None, days: int, quote: str = "",
+              status: str = "answered") -> PartyRecord:
+        return PartyRecord(person=person, status=status, outcome=outcome,
+                           outcome_at=NOW - timedelta(days=days) if outcome else None,
+                           quote=quote, asked_at=NOW - timedelta(days=days + 3))
+    ref, jose, carol, erin = sample.referrer, sample.party, sample.other, sample.second_other
+    return [
+        ReferralRecord(1, ref, NOW - timedelta(days=30), "Intro: José <> Carol", (
+            party(jose, Outcome.POSITIVE, 20, REPLY_POSITIVE),
+            party(carol, Outcome.POSITIVE, 19, "Great fit, thank you Alice!"))),
+        ReferralRecord(2, ref, NOW - timedelta(days=25), "Meet Erin", (
+            party(jose, Outcome.NEGATIVE, 15, REPLY_NEGATIVE),
+            party(erin, None, 0, status="requested"))),
+        ReferralRecord(3, ref, NOW - timedelta(days=22), "Carol <> Erin", (
+            party(carol, Outcome.PENDING, 12, "Call booked for next week.", "pending"),
+            party(erin, Outcome.POSITIVE, 10, "Lovely person, we start a pilot."))),
+        ReferralRecord(4, ref, NOW - timedelta(days=80), "Intro: Erin <> José", (
+            party(erin, Outcome.POSITIVE, 70, "Worked out well."),
+            party(jose, Outcome.POSITIVE, 69, "Yes!"))),
+    ]
+
+
+def _monthly(sample: Sample) -> dict[str, Any]:
+    month = Month.of(NOW, TZ).previous()
+    received = [ReferralRecord(9, sample.second_referrer, NOW - timedelta(days=26),
+                               "Alice, meet Erin", (
+        PartyRecord(sample.referrer, "answered", Outcome.POSITIVE, NOW - timedelta(days=20)),
+        PartyRecord(sample.second_other, "requested", None)))]
+    summary = member_summary(sample.referrer, month, _records(sample), received, TZ)
+    return {**_base(sample, sample.referrer, "monthly_summary"), "summary": summary}
+
+
+def _network(sample: Sample) -> dict[str, Any]:
+    month = Month.of(NOW, TZ).previous()
+    unclear = [UnclearRecord(31, sample.second_other.email, "Let's see after the summer.",
+                             NOW - timedelta(days=24), 2)]
+    suppressed = [SuppressionRecord("old@gone.example", "bounce", NOW - timedelta(days=21),
+                                    "550 5.1.1 user unknown")]
+    delivery = [DeliveryRecord(77, "feedback_request", "slow@server.example", "pending", 3,
+                               "451 4.7.1 try again later", NOW - timedelta(days=23))]
+    summary = network_summary(month, _records(sample), TZ, unclear=unclear,
+                              suppressions=suppressed, delivery=delivery)
+    return {**_base(sample, sample.operator, "network_summary"), "summary": summary}
+
+
+def _confirmation(sample: Sample) -> dict[str, Any]:
+    cancel = tk.plus_address(sample.address, tk.make_token(SECRET, 7, "c"))
+    ctx = {**_base(sample, sample.referrer, "intro_confirmation"), **_first(sample)}
+    ctx.update(parties=[sample.party, sample.other],
+               parties_names=f"{sample.party.display} and {sample.other.display}",
+               not_asked=[], not_asked_names="", intro_subject="Intro: José <> Carol",
+               ask_on=_day(NOW + timedelta(days=3)), cancel_address=cancel,
+               cancel_link=mailto(cancel, "cancel", "cancel"))
+    return ctx
+
+
+def _alert(sample: Sample) -> dict[str, Any]:
+    ctx = _base(sample, sample.operator, "operator_alert")
+    ctx.update(alert={"cause": "signin", "severity": "critical",
+                      "title": "Introloop cannot sign in to the mailbox",
+                      "detail": "IMAP imap.gmail.com refused the login for "
+                                "referrals@founders.example: invalid credentials",
+                      "fix": "Run `introloop auth google` again, or check "
+                             "INTROLOOP_IMAP_PASSWORD.",
+                      "since": "2026-10-08 07:15 WEST"},
+               others=["No mail has arrived for 8 days"])
+    return ctx
+
+
 SAMPLES: dict[str, Callable[[Sample], dict[str, Any]]] = {
     "feedback_request": _party_mail("feedback_request", round=1),
     "reminder": _party_mail("reminder", reminder=1, last=True),
@@ -167,9 +248,15 @@ SAMPLES: dict[str, Callable[[Sample], dict[str, Any]]] = {
     "appreciation": _member_mail("appreciation", REPLY_POSITIVE, "positive"),
     "lessons": _member_mail("lessons", REPLY_NEGATIVE, "negative"),
     "unclear_review": _unclear,
+    "monthly_summary": _monthly,
+    "network_summary": _network,
+    "intro_confirmation": _confirmation,
+    "operator_alert": _alert,
 }
 # Who each sample message goes to (for the .eml's To header)
-_AUDIENCE = {"appreciation": "referrer", "lessons": "referrer", "unclear_review": "operator"}
+_AUDIENCE = {"appreciation": "referrer", "lessons": "referrer", "unclear_review": "operator",
+             "monthly_summary": "referrer", "intro_confirmation": "referrer",
+             "network_summary": "operator", "operator_alert": "operator"}
 
 
 def sample_context(name: str, sample: Sample | None = None) -> dict[str, Any]:
