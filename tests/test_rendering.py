@@ -39,9 +39,14 @@ KEY_TEXT: dict[str, list[str]] = {
                 "introduce you better", "not a fit right now"],
     "unclear_review": ["could not tell what they meant", "<b>what happens</b>", "positive",
                        "negative", "pending"],
+    "monthly_summary": ["September 2026", "worked", "We met for coffee", "12 months"],
+    "network_summary": ["September 2026", "Alice Martin", "introloop review", "bounced"],
+    "intro_confirmation": ["Got it", "cancel"],
+    "operator_alert": ["cannot sign in", "introloop auth google"],
 }
-GREETED = {"unclear_review": "Hi Operator"}
-REFERRER_MAIL = {"appreciation", "lessons"}
+GREETED = {"unclear_review": "Hi Operator", "network_summary": "Hello",
+           "operator_alert": "Hello"}
+REFERRER_MAIL = {"appreciation", "lessons", "monthly_summary", "intro_confirmation"}
 
 
 def _names() -> list[str]:
