@@ -40,6 +40,10 @@ NICE = {
     "optout_confirmation": "opt-out confirmation",
     "unclear_review": "request to read an unclear reply",
     "monthly_summary": "monthly summary",
+    "network_summary": "the network's monthly summary",
+    "intro_confirmation": "intro confirmation",
+    "combined_request": "combined feedback request",
+    "operator_alert": "operator alert",
 }
 
 
