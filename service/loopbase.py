@@ -29,7 +29,7 @@ from service.core.decide import (
     Policy,
     Step,
 )
-from service.core.model import Outcome, Person
+from service.core.model import Outcome, Person, names_of
 from service.core.reader import Classify
 from service.ports import Clock, Mailbox, Sender
 
@@ -184,8 +184,5 @@ def _zone(name: str | None) -> Any:
 
 
 def _names(people: list[Person]) -> str:
-    names = [p.display for p in people]
-    if len(names) <= 1:
-        return "".join(names)
-    return ", ".join(names[:-1]) + " and " + names[-1]
+    return names_of(people)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -27,24 +29,71 @@ class Kind(enum.StrEnum):
     REJECTED = "rejected"
 
 
+_TITLES = frozenset({"dr", "mr", "mrs", "ms", "mx", "miss", "prof", "sir", "dame", "herr", "frau",
+                     "m", "mme", "mlle", "sr", "sra", "dhr", "mevr"})
+# Kana, CJK ideographs and Hangul: names written in these scripts are not "first last", so
+# the whole name is used rather than a guessed first word.
+_NO_SPLIT = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
+
+
 @dataclass(frozen=True, slots=True)
 class Person:
-    """An email address (always lowercased) with the display name as written (may be empty)."""
+    """An email address (always lowercased) with the display name as written (may be empty).
+
+    Everyone Introloop writes to may be known only by an address ("bob@acme.example" with no
+    display name); templates greet them with `hello` ("Hi Bob" / "Hello") and name them in a
+    sentence with `short` (first name, else the address) or `display` (full name, else the
+    address).
+    """
 
     email: str
     name: str = ""
 
     @property
     def display(self) -> str:
-        """The name if there is one, else the address: what a human would call them."""
+        """The full name, or the address when no name is known."""
         return self.name or self.email
 
     @property
+    def given(self) -> str:
+        """Best guess at the name to greet them by ("" when no name is known)."""
+        name = self.name
+        if not name:
+            return ""
+        if _NO_SPLIT.search(name):
+            return name
+        if "," in name:  # "Smith, Jane" (directory order)
+            after = name.split(",", 1)[1].strip()
+            name = after or name.split(",", 1)[0]
+        words = [w for w in name.split() if w.strip(".").lower() not in _TITLES] or name.split()
+        return words[0] if words else ""
+
+    @property
     def first_name(self) -> str:
-        """First word of the name, or the address's local part when no name is known."""
-        if self.name:
-            return self.name.split()[0]
-        return self.email.split("@", 1)[0]
+        """`given`, or the address's local part when no name is known."""
+        return self.given or self.email.split("@", 1)[0]
+
+    @property
+    def short(self) -> str:
+        """`given`, or the whole address: for the middle of a sentence."""
+        return self.given or self.email
+
+    @property
+    def hello(self) -> str:
+        """A greeting without the comma: "Hi Bob", or "Hello" when no name is known."""
+        return f"Hi {self.given}" if self.given else "Hello"
+
+    def __str__(self) -> str:
+        return self.display
+
+
+def names_of(people: Sequence[Person], *, short: bool = False) -> str:
+    """ "Carol Nguyen", "Carol Nguyen and Dave Li", "Carol, Dave and Erin" (with `short`);
+    addresses where no name is known."""
+    names = [p.short if short else p.display for p in people]
+    if len(names) <= 1:
+        return "".join(names)
+    return ", ".join(names[:-1]) + " and " + names[-1]
 
 
 @dataclass(frozen=True, slots=True)

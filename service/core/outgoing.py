@@ -26,7 +26,7 @@ from email.utils import format_datetime
 from urllib.parse import quote
 
 from service.core import tokens as tk
-from service.core.model import Person
+from service.core.model import Person, names_of  # noqa: F401  (names_of re-exported)
 
 _FORBIDDEN = re.compile(r"[\r\n\x00]")
 _NAME_JUNK = re.compile(r"[\x00-\x1f\x7f]+")
@@ -193,62 +193,8 @@ def mailto(address_: str, subject: str, body: str = "") -> str:
 
 # ------------------------------------------------------------------ people, as templates see them
 
-_TITLES = frozenset({"dr", "mr", "mrs", "ms", "mx", "miss", "prof", "sir", "dame", "herr", "frau",
-                     "m", "mme", "mlle", "sr", "sra", "dhr", "mevr"})
-# Kana, CJK ideographs and Hangul: names written in these scripts are not "first last", so
-# the whole name is used rather than a guessed first word.
-_NO_SPLIT = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
-
-
-@dataclass(frozen=True, slots=True)
-class Addressee:
-    """A person as the templates see them, with graceful fallbacks when no name is known.
-
-    Everyone Introloop writes to may be known only by an address ("bob@acme.example" with no
-    display name); templates greet them with `hello` ("Hi Bob" / "Hello") and name them in a
-    sentence with `short` (first name, else the address) or `display` (full name, else the
-    address). `first_name` keeps the old meaning (first name, else the address's local part).
-    """
-
-    email: str
-    name: str = ""
-
-    @property
-    def display(self) -> str:
-        """The full name, or the address when no name is known."""
-        return self.name or self.email
-
-    @property
-    def given(self) -> str:
-        """Best guess at the name to greet them by ("" when no name is known)."""
-        name = self.name
-        if not name:
-            return ""
-        if _NO_SPLIT.search(name):
-            return name
-        if "," in name:  # "Smith, Jane" (directory order)
-            after = name.split(",", 1)[1].strip()
-            name = after or name.split(",", 1)[0]
-        words = [w for w in name.split() if w.strip(".").lower() not in _TITLES] or name.split()
-        return words[0] if words else ""
-
-    @property
-    def first_name(self) -> str:
-        """`given`, or the address's local part (what `Person.first_name` gives)."""
-        return self.given or self.email.split("@", 1)[0]
-
-    @property
-    def short(self) -> str:
-        """`given`, or the whole address: for the middle of a sentence."""
-        return self.given or self.email
-
-    @property
-    def hello(self) -> str:
-        """A greeting without the comma: "Hi Bob", or "Hello" when no name is known."""
-        return f"Hi {self.given}" if self.given else "Hello"
-
-    def __str__(self) -> str:
-        return self.display
+# Templates see people as `Addressee`s: a Person whose name went through `addressee()`.
+Addressee = Person
 
 
 def addressee(person: Person) -> Addressee:
@@ -258,15 +204,6 @@ def addressee(person: Person) -> Addressee:
         # "bob@acme.example" <bob@acme.example>, or "'bob@x' via Group": no real name here
         name = ""
     return Addressee(person.email, name)
-
-
-def names_of(people: list[Addressee], *, short: bool = False) -> str:
-    """ "Carol Nguyen", "Carol Nguyen and Dave Li", "Carol, Dave and Erin" (with `short`);
-    addresses where no name is known."""
-    names = [p.short if short else p.display for p in people]
-    if len(names) <= 1:
-        return "".join(names)
-    return ", ".join(names[:-1]) + " and " + names[-1]
 
 
 # ------------------------------------------------------------------ one-click answers

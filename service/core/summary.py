@@ -27,7 +27,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from service.core.decide import referral_outcome
-from service.core.model import Outcome, Person
+from service.core.model import Outcome, Person, names_of
 from service.core.outgoing import mailto
 
 _MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
@@ -540,13 +540,6 @@ def chart_for(refs: list[ReferralRecord], month: Month, tz: ZoneInfo) -> Chart:
     return Chart(tuple(bars))
 
 
-def _names(people: list[Person]) -> str:
-    names = [p.display for p in people]
-    if len(names) <= 1:
-        return "".join(names)
-    return ", ".join(names[:-1]) + " and " + names[-1]
-
-
 def _day(moment: datetime, tz: ZoneInfo) -> str:
     local = moment.astimezone(tz)
     return f"{local.day} {_MONTHS[local.month - 1][:3]}"
@@ -654,7 +647,7 @@ def _line(r: ReferralRecord, tz: ZoneInfo, carried: bool = False) -> ReferralLin
     return ReferralLine(
         id=r.id,
         introduced_on=_day(r.introduced_at, tz),
-        names=_names([p.person for p in r.parties]),
+        names=names_of([p.person for p in r.parties]),
         outcome=r.outcome,
         answers=answers,
         carried_over=carried,
@@ -701,7 +694,7 @@ def member_summary(
             if not month.contains(p.outcome_at, tz) or p.outcome in (None, Outcome.OPTOUT):
                 continue
             answers += 1
-            about = _names([o.person for o in r.parties if o is not p])
+            about = names_of([o.person for o in r.parties if o is not p])
             quote = Quote(p.person.display, _quote(p), r.id, about)
             if p.outcome is Outcome.POSITIVE:
                 thanks.append(quote)
@@ -728,7 +721,7 @@ def member_summary(
         me = next((p for p in then.parties if p.person.email in own), None)
         if me is None:
             continue
-        others = _names([p.person for p in then.parties if p is not me])
+        others = names_of([p.person for p in then.parties if p is not me])
         state = answer_state(me)
         received_lines.append(ReceivedLine(
             id=then.id,
