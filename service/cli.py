@@ -6,11 +6,13 @@ and the fix, and exit 1 (2 for usage errors); they never print a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +29,7 @@ from service.logs import setup_logging
 from service.ports import PermanentFailure, TemporaryFailure
 
 F = TypeVar("F", bound=Callable[..., Any])
+FOLLOWER_POLL = 2.0  # seconds: how often a worker without the mailbox looks for stored work
 EXPECTED = (ConfigError, DatabaseError, MailboxError, TemplateError, TemporaryFailure,
             PermanentFailure, OAuthError)
 
@@ -129,7 +132,11 @@ def run(ctx: Ctx, once: bool, dry_run: bool, as_json: bool) -> None:
     if dry_run:
         loop.sender = None
     if once:
-        report = loop.run_once()
+        try:
+            report = loop.run_once()
+        finally:
+            with contextlib.suppress(DatabaseError):
+                loop.release_mailbox()  # the next run (or another worker) reads it at once
         _print_report(report, as_json)
         return
     _run_forever(loop)
@@ -176,32 +183,56 @@ def _run_forever(loop: Any) -> None:
             raise_alerts(loop)  # tells the operator (at most daily per cause) what is wrong
             loop.flush_outbox()
 
+    def scheduled_outbound() -> None:
+        # the main loop reports outages (once); here they would become scheduler tracebacks
+        with contextlib.suppress(MailboxError, DatabaseError, TemporaryFailure):
+            outbound()
+
     scheduler = BackgroundScheduler(timezone=loop.settings.zone)
     # due dates live in our tables; the scheduler only ticks. Late ticks coalesce into one.
-    scheduler.add_job(outbound, "interval", seconds=60, id="outbound", coalesce=True,
+    scheduler.add_job(scheduled_outbound, "interval", seconds=60, id="outbound", coalesce=True,
                       max_instances=1, misfire_grace_time=None, next_run_time=datetime.now())
     scheduler.start()
     poll = max(5.0, loop.settings.poll_interval.total_seconds())
+    # the mailbox reader renews its lease between IDLEs: an IDLE must end well within it
+    idle = min(poll, 30.0, loop.settings.mailbox_lease.total_seconds() / 3)
     backoff = 1.0
-    click.echo(f"introloop running on {loop.mailbox.name}; Ctrl-C to stop", err=True)
+    down_since: float | None = None  # an outage is reported once, and its end once
+    idles = False  # has the IMAP server offered IDLE (remembered across reconnects)?
+    click.echo(f"introloop running on {loop.mailbox.name} as worker {loop.worker}; "
+               "Ctrl-C to stop", err=True)
     try:
         while not stop.is_set():
             try:
                 with lock:
-                    loop.fetch()
+                    loop.fetch()  # only the worker holding the mailbox lease reads it
                     loop.process_pending()
                 outbound()
                 backoff = 1.0
+                if down_since is not None:
+                    click.echo(f"resumed after {time.monotonic() - down_since:.0f}s", err=True)
+                    down_since = None
             except (MailboxError, DatabaseError, TemporaryFailure) as exc:
-                click.echo(f"warning: {exc}; retrying in {backoff:.0f}s", err=True)
+                if down_since is None:
+                    down_since = time.monotonic()
+                    click.echo(f"warning: {exc}; retrying with backoff (up to 5 min) until it "
+                               "works again", err=True)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 300.0)
                 continue
+            if not getattr(loop, "holds_mailbox", True):
+                # another worker reads the mailbox: look for stored work every few seconds
+                stop.wait(min(poll, FOLLOWER_POLL))
             # IDLE wakes us early when mail arrives; a catch-up fetch runs at least every `poll`
-            if not loop.mailbox.wait(min(poll, 30.0)) and not stop.is_set():
-                stop.wait(0 if getattr(loop.mailbox, "has_idle", lambda: False)() else poll)
+            elif not loop.mailbox.wait(idle) and not stop.is_set():
+                # a server without IDLE is polled; one with IDLE (even if the connection just
+                # dropped) is fetched from again at once: a failed reconnect backs off above
+                idles = idles or getattr(loop.mailbox, "has_idle", lambda: False)()
+                stop.wait(0 if idles else poll)
     finally:
         scheduler.shutdown(wait=True)
+        with contextlib.suppress(Exception):  # the database may be the thing that is down
+            loop.release_mailbox()
         loop.mailbox.close()
         if loop.sender is not None:
             loop.sender.close()

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from email import message_from_bytes, policy
 from typing import Any
 
+import sqlalchemy as sa
 import structlog
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from service import leases
+from service.adapters.db import DatabaseError, is_postgres
 from service.adapters.dns import dkim_verifier
 from service.adapters.tables import (
     Inbound,
@@ -38,18 +43,18 @@ from service.core.model import Classification, Kind, Outcome, Person
 from service.core.reader import ReadContext, Reading, read
 from service.core.replytext import extract_reply
 from service.loopbase import (
-    MAX_INBOUND_BYTES,
     OPERATOR_VERDICTS,
     REQUEST_KINDS,
     LoopBase,
     PassReport,
+    Quarantine,
     _names,
     content_hash,
 )
 from service.ports import RawMail
 
 log = structlog.get_logger("introloop")
-
+CLAIM_BATCH = 20  # inbound rows a worker claims at once: small, so work spreads over workers
 
 
 class InboundMixin(LoopBase):
@@ -60,8 +65,8 @@ class InboundMixin(LoopBase):
     def fetch(self) -> PassReport:
         """Store the raw bytes of every new message, then mark each one done on the server."""
         report = PassReport()
-        if self.mailbox is None:
-            return report
+        if self.mailbox is None or not self.hold_mailbox():
+            return report  # another worker reads this mailbox; this one processes and sends
         mb = self.mailbox
         uidvalidity = mb.uidvalidity()
         with self.session() as s:
@@ -88,14 +93,60 @@ class InboundMixin(LoopBase):
             self._beat(s, "fetch", mb.name)
         return report
 
+    def _mailbox_lease(self) -> str:
+        assert self.mailbox is not None
+        return f"mailbox:{self.mailbox.name}/{self.settings.imap_folder}"
+
+    def hold_mailbox(self) -> bool:
+        """Take or renew the right to read the mailbox (one worker at a time; see leases.py).
+
+        A worker that has lost it (it stalled longer than INTROLOOP_MAILBOX_LEASE and another
+        took over) drops its IMAP connection, so only the holder keeps one open."""
+        assert self.mailbox is not None
+        held = leases.acquire(self.engine, self._mailbox_lease(), self.worker,
+                              self.settings.mailbox_lease, self.clock.now())
+        if held != self.__dict__.get("_holds_mailbox", False):
+            self.__dict__["_holds_mailbox"] = held
+            self._event("mailbox_lease_taken" if held else "mailbox_lease_elsewhere",
+                        mailbox=self.mailbox.name, worker=self.worker)
+            if not held:
+                self.mailbox.close()
+        return held
+
+    @property
+    def holds_mailbox(self) -> bool:
+        """True while this worker is the one reading the mailbox (as of its last fetch)."""
+        return bool(self.__dict__.get("_holds_mailbox", False))
+
+    def release_mailbox(self) -> None:
+        """Give up reading the mailbox (clean shutdown), so another worker takes over now."""
+        if self.mailbox is not None and self.__dict__.pop("_holds_mailbox", False):
+            leases.release(self.engine, self._mailbox_lease(), self.worker)
+
     def store_raw(self, mail: RawMail, uidvalidity: int | None = None) -> bool:
-        """Commit the message's bytes (and the UID watermark). False if already stored."""
+        """Commit the message's bytes (and the UID watermark). False if already stored.
+
+        A message over INTROLOOP_MAX_MESSAGE_BYTES is stored straight into quarantine and
+        never parsed (only its first 64 KB are scanned for the Message-ID)."""
+        for attempt in (1, 2):
+            try:
+                return self._store_raw(mail, uidvalidity)
+            except IntegrityError:
+                # a second reader stored the same bytes (or the first watermark) just now;
+                # once more sees its row and says "already stored"
+                if attempt == 2:
+                    raise
+        return False
+
+    def _store_raw(self, mail: RawMail, uidvalidity: int | None) -> bool:
         digest = content_hash(mail.data)
         try:
             head = message_from_bytes(mail.data[:65536], policy=policy.compat32)
             mid = h.message_id(head)
         except Exception:
             mid = None
+        cap = self.settings.max_message_bytes
+        oversized = len(mail.data) > cap
         with self.session() as s:
             if mail.uid is not None and uidvalidity is not None:
                 self._advance_watermark(s, mail.folder, uidvalidity, mail.uid)
@@ -113,8 +164,15 @@ class InboundMixin(LoopBase):
                     raw=mail.data,
                     size=len(mail.data),
                     received_at=self.clock.now(),
+                    status="quarantined" if oversized else "new",
+                    reason=(f"message of {len(mail.data)} bytes is over the {cap}-byte limit; "
+                            "kept unread (raise INTROLOOP_MAX_MESSAGE_BYTES, then retry it)"
+                            ) if oversized else None,
                 )
             )
+        if oversized:
+            self._event("message_oversized", mailbox=mail.mailbox, uid=mail.uid,
+                        size=len(mail.data), limit=cap)
         return True
 
     def _advance_watermark(self, s: Session, folder: str, uidvalidity: int, uid: int) -> None:
@@ -133,39 +191,107 @@ class InboundMixin(LoopBase):
             state.last_uid = uid
 
     def process_pending(self, limit: int | None = None) -> PassReport:
-        """Process every stored message that has not been processed yet, oldest first."""
+        """Process every stored message that has not been processed yet, oldest first.
+
+        Several workers share the work: each claims a few messages at a time (`claim_inbound`)
+        and processes only what it claimed."""
         report = PassReport()
-        with self.session() as s:
-            q = select(Inbound.id).where(Inbound.status == "new").order_by(col(Inbound.id))
-            ids = list(s.exec(q.limit(limit) if limit else q))
-        for inbound_id in ids:
-            kind, reason = self.process_one(inbound_id, report)
-            report.processed.append((inbound_id, kind, reason))
+        done = 0
+        while limit is None or done < limit:
+            ids = self.claim_inbound(CLAIM_BATCH if limit is None else
+                                     min(CLAIM_BATCH, limit - done))
+            if not ids:
+                break
+            for inbound_id in ids:
+                kind, reason = self.process_one(inbound_id, report)
+                report.processed.append((inbound_id, kind, reason))
+            done += len(ids)
         return report
 
+    def claim_inbound(self, n: int) -> list[int]:
+        """Claim up to `n` stored messages for this worker (status `claimed`, with a lease).
+
+        Claimable: `new` rows, rows whose claim has expired (their worker died), and this
+        worker's own claims (left over after a database outage). PostgreSQL: the SELECT takes
+        row locks with SKIP LOCKED, so concurrent claims are disjoint. SQLite drops FOR UPDATE
+        silently; there the write transaction itself (BEGIN IMMEDIATE, adapters/db.py) keeps
+        the SELECT and the UPDATE together."""
+        now = self.clock.now()
+        with self.session() as s:
+            ids = list(s.exec(
+                select(Inbound.id)
+                .where(sa.or_(
+                    Inbound.status == "new",
+                    sa.and_(Inbound.status == "claimed",
+                            sa.or_(col(Inbound.lease_until) < now,
+                                   Inbound.claimed_by == self.worker)),
+                ))
+                .order_by(col(Inbound.id))
+                .limit(n)
+                .with_for_update(skip_locked=True)
+            ))
+            if ids:
+                s.exec(sa.update(Inbound).where(col(Inbound.id).in_(ids)).values(  # type: ignore[call-overload]
+                    status="claimed", claimed_by=self.worker,
+                    lease_until=now + self.settings.claim_lease))
+        return [i for i in ids if i is not None]
+
+    def _mine(self, row: Inbound) -> bool:
+        """May this worker process `row`? `new` (nobody claimed it) or claimed by this one."""
+        return row.status == "new" or (row.status == "claimed" and row.claimed_by == self.worker)
+
     def process_one(self, inbound_id: int, report: PassReport | None = None) -> tuple[str, str]:
-        """Process one stored message in its own transaction; quarantine it if anything raises."""
+        """Process one stored message in its own transaction; quarantine it if anything raises.
+
+        The row is locked (PostgreSQL) for the whole transaction and processed only if it is
+        still this worker's, so a claim taken over after its lease never runs twice. An
+        unusable database is not the message's fault: DatabaseError propagates and the
+        message stays claimed, to be processed when the database is back."""
         report = report if report is not None else PassReport()
         try:
-            with self.session() as s:
-                row = s.get(Inbound, inbound_id)
-                if row is None or row.status != "new":
-                    return ("skipped", "already processed")
-                kind, reason = self._process(s, row, report)
-                row.status, row.kind, row.reason = "processed", kind, reason[:2000]
-                row.processed_at = self.clock.now()
-            self._event("message_processed", inbound=inbound_id, kind=kind, reason=reason)
-            return kind, reason
+            for attempt in (1, 2):
+                try:
+                    return self._process_locked(inbound_id, report)
+                except IntegrityError:
+                    # a unique key another worker committed meanwhile (the same intro, queued
+                    # mail): once more, in a fresh transaction that sees its work
+                    if attempt == 2:
+                        raise
+            raise AssertionError("unreachable")
+        except DatabaseError:
+            raise
+        except Quarantine as exc:
+            return self._quarantine(inbound_id, str(exc), traceback=False)
         except Exception as exc:  # the per-message error boundary: keep it, say why, go on
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-            with self.session() as s:
-                row = s.get(Inbound, inbound_id)
-                if row is not None:
-                    row.status, row.reason = "quarantined", reason
-                    row.attempts += 1
-                    row.processed_at = self.clock.now()
-            log.warning("message_quarantined", inbound=inbound_id, reason=reason, exc_info=True)
-            return "quarantined", reason
+            return self._quarantine(inbound_id, reason, traceback=True)
+
+    def _process_locked(self, inbound_id: int, report: PassReport) -> tuple[str, str]:
+        with self.session() as s:
+            row = s.get(Inbound, inbound_id, with_for_update=True)
+            if row is None or not self._mine(row):
+                return ("skipped", "already processed or taken over by another worker")
+            if row.message_id and is_postgres(self.engine):
+                # two copies of one message (other bytes, same Message-ID) on two workers:
+                # one after the other, so the second sees the first and is ignored
+                s.exec(sa.select(sa.func.pg_advisory_xact_lock(  # type: ignore[call-overload]
+                    sa.func.hashtextextended(row.message_id, 0))))
+            kind, reason = self._process(s, row, report)
+            row.status, row.kind, row.reason = "processed", kind, reason[:2000]
+            row.processed_at, row.lease_until = self.clock.now(), None
+        self._event("message_processed", inbound=inbound_id, kind=kind, reason=reason)
+        return kind, reason
+
+    def _quarantine(self, inbound_id: int, reason: str, *, traceback: bool) -> tuple[str, str]:
+        with self.session() as s:
+            row = s.get(Inbound, inbound_id, with_for_update=True)
+            if row is None or not self._mine(row):
+                return ("skipped", "already processed or taken over by another worker")
+            row.status, row.reason = "quarantined", reason
+            row.attempts += 1
+            row.processed_at, row.lease_until = self.clock.now(), None
+        log.warning("message_quarantined", inbound=inbound_id, reason=reason, exc_info=traceback)
+        return "quarantined", reason
 
     def read_context(self, s: Session) -> ReadContext:
         """What the pure reader needs, from settings and the members table."""
@@ -190,8 +316,10 @@ class InboundMixin(LoopBase):
         return Senders.build(members, self.settings.allow_senders)
 
     def _process(self, s: Session, row: Inbound, report: PassReport) -> tuple[str, str]:
-        if row.size > MAX_INBOUND_BYTES:
-            raise ValueError(f"message of {row.size} bytes is over the {MAX_INBOUND_BYTES} cap")
+        if row.size > self.settings.max_message_bytes:
+            raise Quarantine(f"message of {row.size} bytes is over the "
+                             f"{self.settings.max_message_bytes}-byte limit; kept unread (raise "
+                             "INTROLOOP_MAX_MESSAGE_BYTES, then retry it)")
         msg = parse_message(row.raw)
         ctx = self.read_context(s)
         reading = read(msg, row.raw, ctx)
@@ -213,6 +341,7 @@ class InboundMixin(LoopBase):
             return self._on_bounce(s, msg, reading)
         if reading.screening is not None:
             return reading.kind, reading.reason
+        self._check_flood(s, row)
 
         # 1. a token or a reference to one of our messages names the conversation
         for token in reading.tokens:
@@ -265,6 +394,26 @@ class InboundMixin(LoopBase):
             if party is not None:
                 return self._on_reply(s, row, msg, party, reading, "sender", report)
         return reading.kind, reading.reason
+
+    def _check_flood(self, s: Session, row: Inbound) -> None:
+        """Quarantine human mail beyond INTROLOOP_SENDER_HOURLY_LIMIT messages per sender and
+        hour: a flood (a loop, a compromised account) must not become a thousand referrals
+        or a thousand messages to strangers. The operator's verdicts are never limited."""
+        limit = self.settings.sender_hourly_limit
+        if not limit or not row.sender or row.sender == self.settings.operator:
+            return
+        since = self.clock.now() - timedelta(hours=1)
+        recent = s.exec(
+            select(sa.func.count()).select_from(Inbound).where(  # type: ignore[arg-type]
+                Inbound.sender == row.sender, Inbound.id != row.id,
+                Inbound.status == "processed", col(Inbound.processed_at) >= since,
+                col(Inbound.kind).in_([Kind.INTRO, Kind.REPLY]),
+            )
+        ).one()
+        if recent >= limit:
+            raise Quarantine(f"{row.sender} sent more than {limit} intros/replies within an hour "
+                             "(flood guard INTROLOOP_SENDER_HOURLY_LIMIT); retry it later with "
+                             "`introloop quarantine retry` if it is genuine")
 
     # -- intros
 
@@ -415,6 +564,7 @@ class InboundMixin(LoopBase):
         report: PassReport,
     ) -> tuple[str, str]:
         assert party.id is not None and row.id is not None
+        self._lock_party(s, party)
         # strip our own request from the quoted part so its words cannot sway the outcome
         reply = extract_reply(msg, sent_texts=self._sent_texts(s, party.id))
         one_click = next((t.answer for t in reading.tokens if t.answer is not None), None)
@@ -507,6 +657,7 @@ class InboundMixin(LoopBase):
             return Kind.REPLY, f"no reply #{reply_id}"
         party = s.get(Party, target.party_id)
         assert party is not None
+        self._lock_party(s, party)
         target.settled_by, target.settled_outcome = who, outcome
         if outcome is Outcome.OPTOUT:
             self._suppress(s, party.email, "optout", f"settled by {who}")

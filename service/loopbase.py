@@ -10,9 +10,11 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from service.adapters.db import is_postgres, translate_errors
 from service.adapters.tables import (
     Heartbeat,
     Party,
@@ -40,8 +42,12 @@ REQUEST_KINDS = frozenset({"feedback_request", "reminder", "recheck"})
 OPERATOR_VERDICTS = {"positive": Outcome.POSITIVE, "negative": Outcome.NEGATIVE,
                      "pending": Outcome.PENDING, "optout": Outcome.OPTOUT, "stop": Outcome.OPTOUT,
                      "yes": Outcome.POSITIVE, "no": Outcome.NEGATIVE}
-MAX_INBOUND_BYTES = 25 * 1024 * 1024
+MAX_INBOUND_BYTES = 25 * 1024 * 1024  # default of INTROLOOP_MAX_MESSAGE_BYTES (settings win)
 SEND_LEASE = timedelta(minutes=10)
+
+
+class Quarantine(Exception):
+    """Keep this message in quarantine with this one-line reason (no traceback is logged)."""
 
 @dataclass
 class PassReport:
@@ -98,8 +104,28 @@ class LoopBase:
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session whose transaction commits on success and rolls back on error."""
-        with Session(self.engine, expire_on_commit=False) as s, s.begin():
+        # down, unreachable, read-only, disk full: not the data's fault. DatabaseError with
+        # one line for the worker's log and the CLI; the work stays where it is, for later.
+        with translate_errors(self.engine), Session(self.engine, expire_on_commit=False) as s, \
+                s.begin():
             yield s
+
+    @property
+    def worker(self) -> str:
+        """This worker's name in claims and leases (host:pid:random, fixed per Loop)."""
+        name = self.__dict__.get("_worker_name")
+        if name is None:
+            from service.leases import worker_id
+
+            name = self.__dict__["_worker_name"] = worker_id()
+        return name
+
+    def _lock_party(self, s: Session, party: Party) -> None:
+        """PostgreSQL: lock this party's row and re-read it, so two workers deciding about
+        the same person (two replies, a reply and a due reminder) take turns on fresh state.
+        SQLite needs nothing: its write transactions (BEGIN IMMEDIATE) already take turns."""
+        if is_postgres(self.engine):
+            s.refresh(party, with_for_update=True)
 
     def _event(self, name: str, **data: Any) -> None:
         log.info(name, **data)
@@ -107,12 +133,12 @@ class LoopBase:
             self.on_event(name, data)
 
     def _beat(self, s: Session, name: str, detail: str = "") -> None:
-        row = s.get(Heartbeat, name)
-        now = self.clock.now()
-        if row is None:
-            s.add(Heartbeat(name=name, at=now, detail=detail))
-        else:
-            row.at, row.detail = now, detail
+        # one upsert: several workers beat the same names at the same moment
+        insert = postgresql.insert if is_postgres(self.engine) else sqlite.insert
+        table = Heartbeat.__table__  # type: ignore[attr-defined]
+        values = {"name": name, "at": self.clock.now(), "detail": detail}
+        s.exec(insert(table).values(**values).on_conflict_do_update(  # type: ignore[call-overload]
+            index_elements=[table.c.name], set_={"at": values["at"], "detail": detail}))
 
 
     # ------------------------------------------------------------------ state helpers

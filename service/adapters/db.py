@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +115,9 @@ def alembic_config(engine: Engine) -> Config:
     """An Alembic config pointing at the packaged migrations and this engine."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    # configparser interpolates "%": URL-encoded passwords (p%40ss) must be escaped
+    url = engine.url.render_as_string(hide_password=False).replace("%", "%%")
+    cfg.set_main_option("sqlalchemy.url", url)
     cfg.attributes["engine"] = engine
     return cfg
 
@@ -142,6 +146,20 @@ def describe_db_error(engine: Engine, exc: BaseException) -> str:
             or "shutting down" in text or "terminating" in text):
         return f"cannot reach database {url}: {text}; is the server running?"
     return f"database {url}: {text}"
+
+
+@contextmanager
+def translate_errors(engine: Engine) -> Iterator[None]:
+    """Turn "the database cannot be used right now" into DatabaseError with one line.
+
+    Workers catch DatabaseError, say so once and retry; the work stays where it was. Errors
+    about the data itself (a unique key, a NOT NULL) pass through unchanged."""
+    try:
+        yield
+    except DBAPIError as exc:
+        if not unavailable(exc):
+            raise
+        raise DatabaseError(describe_db_error(engine, exc)) from exc
 
 
 def check_database(engine: Engine) -> None:

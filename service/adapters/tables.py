@@ -79,6 +79,10 @@ class Inbound(SQLModel, table=True):
     party_id: int | None = Field(default=None, index=True)
     processed_at: datetime | None = Field(default=None, sa_column=_ts())
     attempts: int = 0
+    # several workers: a worker claims a few `new` rows (status `claimed`) until lease_until;
+    # a crashed worker's claims are taken over once their lease has passed
+    claimed_by: str | None = Field(default=None, max_length=200)
+    lease_until: datetime | None = Field(default=None, sa_column=_ts())
 
 
 class Referral(SQLModel, table=True):
@@ -196,6 +200,19 @@ class SummaryLog(SQLModel, table=True):
     __table_args__ = (
         sa.UniqueConstraint("kind", "recipient", "month", name="uq_summary_log_recipient_month"),
     )
+
+
+class Lease(SQLModel, table=True):
+    """A job only one worker may do at a time (reading one mailbox), who does it, and until when.
+
+    The holder renews it while it works; when it stops renewing (crash, network split) any
+    other worker may take it over once `expires_at` has passed. See service/leases.py.
+    """
+
+    name: str = Field(sa_column=sa.Column(sa.String(200), primary_key=True))
+    holder: str = Field(max_length=200)
+    acquired_at: datetime = Field(sa_column=_ts(False))
+    expires_at: datetime = Field(sa_column=_ts(False))
 
 
 class Heartbeat(SQLModel, table=True):
