@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -82,11 +83,15 @@ def _sqlite_setup(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _clean_values(_mapper: Mapper[Any], _conn: sa.Connection, target: Any) -> None:
     """Before every ORM INSERT/UPDATE: make text values storable the same way on both backends.
 
     - NUL characters: legal in SQLite text, refused by PostgreSQL ("cannot contain NUL"); they
-      never mean anything in mail headers or text, so they become U+FFFD everywhere.
+      never mean anything in mail headers or text, so they become U+FFFD everywhere, as do
+      lone surrogates (which neither backend can encode).
     - lengths: PostgreSQL enforces VARCHAR(n), SQLite does not; check here so an overlong
       value fails identically (and readably) on both.
     """
@@ -95,8 +100,15 @@ def _clean_values(_mapper: Mapper[Any], _conn: sa.Connection, target: Any) -> No
         value = state.dict.get(attr.key)
         if not isinstance(value, str):
             continue
-        if "\x00" in value:
-            value = value.replace("\x00", "\ufffd")
+        clean = value.replace("\x00", "\ufffd") if "\x00" in value else value
+        try:
+            clean.encode("utf-8")
+        except UnicodeEncodeError:
+            # lone surrogates (undecodable header bytes kept by surrogateescape): no backend
+            # can store them; they become U+FFFD like any other undecodable byte
+            clean = _SURROGATE.sub("\ufffd", clean)
+        if clean is not value:
+            value = clean
             setattr(target, attr.key, value)
         length = getattr(attr.columns[0].type, "length", None)
         if length is not None and len(value) > length:
