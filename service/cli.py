@@ -161,9 +161,18 @@ def _print_report(report: Any, as_json: bool) -> None:
         click.echo(f"  not sent {kind} to {to}: {error}")
 
 
+def _raced(exc: Exception) -> None:
+    """Another worker wrote the same unique row at the same moment: its work stands; this
+    unit of work is simply done again on the next pass (one line, no traceback)."""
+    detail = str(getattr(exc, "orig", exc)).strip().splitlines()
+    click.echo(f"note: another worker did the same at the same moment "
+               f"({detail[0] if detail else 'unique key'}); retrying on the next pass", err=True)
+
+
 def _run_forever(loop: Any) -> None:
     """IDLE on the mailbox in this thread; APScheduler ticks the outbound work."""
     from apscheduler.schedulers.background import BackgroundScheduler
+    from sqlalchemy.exc import IntegrityError
 
     from service.alerts import raise_alerts
 
@@ -186,7 +195,10 @@ def _run_forever(loop: Any) -> None:
     def scheduled_outbound() -> None:
         # the main loop reports outages (once); here they would become scheduler tracebacks
         with contextlib.suppress(MailboxError, DatabaseError, TemporaryFailure):
-            outbound()
+            try:
+                outbound()
+            except IntegrityError as exc:
+                _raced(exc)
 
     scheduler = BackgroundScheduler(timezone=loop.settings.zone)
     # due dates live in our tables; the scheduler only ticks. Late ticks coalesce into one.
@@ -212,6 +224,10 @@ def _run_forever(loop: Any) -> None:
                 if down_since is not None:
                     click.echo(f"resumed after {time.monotonic() - down_since:.0f}s", err=True)
                     down_since = None
+            except IntegrityError as exc:
+                _raced(exc)
+                stop.wait(1.0)
+                continue
             except (MailboxError, DatabaseError, TemporaryFailure) as exc:
                 if down_since is None:
                     down_since = time.monotonic()

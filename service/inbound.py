@@ -55,6 +55,8 @@ from service.ports import RawMail
 
 log = structlog.get_logger("introloop")
 CLAIM_BATCH = 20  # inbound rows a worker claims at once: small, so work spreads over workers
+STORE_BATCH = 50  # fetched messages committed together (then flagged on the server)...
+STORE_BYTES = 8_000_000  # ...or fewer, when they are big
 
 
 class InboundMixin(LoopBase):
@@ -83,12 +85,14 @@ class InboundMixin(LoopBase):
                             new=uidvalidity)
                 state.uidvalidity, state.last_uid = uidvalidity, 0
             after = state.last_uid if state is not None else 0
+        batch: list[RawMail] = []
         for mail in mb.fetch_new(after):
-            stored = self.store_raw(mail, uidvalidity)
-            mb.mark_done(mail)  # only now: the bytes are safe in the database
-            report.fetched += 1
-            if not stored:
-                self._event("duplicate_skipped", mailbox=mb.name, uid=mail.uid)
+            batch.append(mail)
+            if len(batch) >= STORE_BATCH or sum(len(m.data) for m in batch) > STORE_BYTES:
+                self._store_and_flag(batch, uidvalidity, report)
+                batch = []
+        if batch:
+            self._store_and_flag(batch, uidvalidity, report)
         with self.session() as s:
             self._beat(s, "fetch", mb.name)
         return report
@@ -123,22 +127,50 @@ class InboundMixin(LoopBase):
         if self.mailbox is not None and self.__dict__.pop("_holds_mailbox", False):
             leases.release(self.engine, self._mailbox_lease(), self.worker)
 
+    def _store_and_flag(self, batch: list[RawMail], uidvalidity: int | None,
+                        report: PassReport) -> None:
+        assert self.mailbox is not None
+        stored = self.store_batch(batch, uidvalidity)
+        for mail, new in zip(batch, stored, strict=True):
+            self.mailbox.mark_done(mail)  # only now: the bytes are safe in the database
+            report.fetched += 1
+            if not new:
+                self._event("duplicate_skipped", mailbox=self.mailbox.name, uid=mail.uid)
+
     def store_raw(self, mail: RawMail, uidvalidity: int | None = None) -> bool:
-        """Commit the message's bytes (and the UID watermark). False if already stored.
+        """Commit the message's bytes (and the UID watermark). False if already stored."""
+        return self.store_batch([mail], uidvalidity)[0]
+
+    def store_batch(self, mails: list[RawMail], uidvalidity: int | None = None) -> list[bool]:
+        """Commit several messages' bytes and the UID watermark in one transaction (one
+        commit per FETCH batch instead of per message); for each, False if already stored.
 
         A message over INTROLOOP_MAX_MESSAGE_BYTES is stored straight into quarantine and
         never parsed (only its first 64 KB are scanned for the Message-ID)."""
         for attempt in (1, 2):
             try:
-                return self._store_raw(mail, uidvalidity)
+                return self._store_batch(mails, uidvalidity)
             except IntegrityError:
                 # a second reader stored the same bytes (or the first watermark) just now;
-                # once more sees its row and says "already stored"
+                # once more sees its rows and says "already stored"
                 if attempt == 2:
                     raise
-        return False
+        return []
 
-    def _store_raw(self, mail: RawMail, uidvalidity: int | None) -> bool:
+    def _store_batch(self, mails: list[RawMail], uidvalidity: int | None) -> list[bool]:
+        out: list[bool] = []
+        with self.session() as s:
+            seen: set[str] = set()
+            for mail in mails:
+                out.append(self._store_one(s, mail, uidvalidity, seen))
+        for mail, new in zip(mails, out, strict=True):
+            if new and len(mail.data) > self.settings.max_message_bytes:
+                self._event("message_oversized", mailbox=mail.mailbox, uid=mail.uid,
+                            size=len(mail.data), limit=self.settings.max_message_bytes)
+        return out
+
+    def _store_one(self, s: Session, mail: RawMail, uidvalidity: int | None,
+                   seen: set[str]) -> bool:
         digest = content_hash(mail.data)
         try:
             head = message_from_bytes(mail.data[:65536], policy=policy.compat32)
@@ -147,32 +179,31 @@ class InboundMixin(LoopBase):
             mid = None
         cap = self.settings.max_message_bytes
         oversized = len(mail.data) > cap
-        with self.session() as s:
-            if mail.uid is not None and uidvalidity is not None:
-                self._advance_watermark(s, mail.folder, uidvalidity, mail.uid)
-            exists = s.exec(select(Inbound.id).where(Inbound.content_hash == digest)).first()
-            if exists is not None:
-                return False
-            s.add(
-                Inbound(
-                    mailbox=mail.mailbox,
-                    folder=mail.folder,
-                    uidvalidity=uidvalidity,
-                    uid=mail.uid,
-                    message_id=(mid or "")[:998] or None,
-                    content_hash=digest,
-                    raw=mail.data,
-                    size=len(mail.data),
-                    received_at=self.clock.now(),
-                    status="quarantined" if oversized else "new",
-                    reason=(f"message of {len(mail.data)} bytes is over the {cap}-byte limit; "
-                            "kept unread (raise INTROLOOP_MAX_MESSAGE_BYTES, then retry it)"
-                            ) if oversized else None,
-                )
+        if mail.uid is not None and uidvalidity is not None:
+            self._advance_watermark(s, mail.folder, uidvalidity, mail.uid)
+        if digest in seen:
+            return False
+        seen.add(digest)
+        exists = s.exec(select(Inbound.id).where(Inbound.content_hash == digest)).first()
+        if exists is not None:
+            return False
+        s.add(
+            Inbound(
+                mailbox=mail.mailbox,
+                folder=mail.folder,
+                uidvalidity=uidvalidity,
+                uid=mail.uid,
+                message_id=(mid or "")[:998] or None,
+                content_hash=digest,
+                raw=mail.data,
+                size=len(mail.data),
+                received_at=self.clock.now(),
+                status="quarantined" if oversized else "new",
+                reason=(f"message of {len(mail.data)} bytes is over the {cap}-byte limit; "
+                        "kept unread (raise INTROLOOP_MAX_MESSAGE_BYTES, then retry it)"
+                        ) if oversized else None,
             )
-        if oversized:
-            self._event("message_oversized", mailbox=mail.mailbox, uid=mail.uid,
-                        size=len(mail.data), limit=cap)
+        )
         return True
 
     def _advance_watermark(self, s: Session, folder: str, uidvalidity: int, uid: int) -> None:

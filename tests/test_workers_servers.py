@@ -222,6 +222,7 @@ def test_workers_share_one_mailbox_and_outbox_exactly_once(
         codes = workers.stop()
     assert codes == [0] * n_workers, workers.log()
     assert "Traceback" not in workers.log()
+    assert "raised an exception" not in workers.log()  # no scheduler job died either
 
     with engine.connect() as conn:
         intro_mids = {r[0] for r in conn.execute(sa.text(

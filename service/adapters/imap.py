@@ -235,14 +235,19 @@ class ImapMailbox:
             client = self.connect()
             if not self.has_idle():
                 return False
+            # Mail that arrived since our last command (while the worker was processing) is
+            # not announced during the IDLE that follows: Dovecot reports it only in its
+            # answer to DONE, after the whole timeout. A NOOP first reports it at once.
+            if _news(client.noop()[1]):
+                return True
             client.idle()
             self._idling = True
             try:
                 responses = client.idle_check(timeout=timeout)
             finally:
                 self._idling = False
-                client.idle_done()
-            return bool(responses)
+                done = client.idle_done()
+            return bool(responses) or _news(done[1])
         except (OSError, IMAPClientError, MailboxError) as exc:
             log.warning("imap_idle_interrupted", mailbox=self.name, error=_text(exc))
             self._drop()
@@ -294,6 +299,12 @@ class ImapMailbox:
                     self._client.select_folder(self.folder)
                 except Exception:
                     self._drop()
+
+
+def _news(responses: Any) -> bool:
+    """True when untagged responses announce messages (EXISTS or RECENT)."""
+    return any(isinstance(r, tuple) and len(r) > 1 and r[1] in (b"EXISTS", b"RECENT")
+               for r in responses or ())
 
 
 def _text(exc: BaseException) -> str:
