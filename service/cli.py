@@ -52,12 +52,17 @@ def friendly(func: F) -> F:
 class Ctx:
     """Shared CLI state: where the .env is, and lazily loaded settings."""
 
-    def __init__(self, env_file: str | None, verbose: bool):
+    def __init__(self, env_file: str | None, verbose: bool, mailbox: str | None = None):
         self.env_file = env_file
         self.verbose = verbose
+        self.mailbox = mailbox  # one of INTROLOOP_MAILBOXES_FILE's mailboxes, or None
 
     def settings(self, **overrides: Any) -> Settings:
-        """Load settings (ConfigError if something is wrong)."""
+        """Load settings (ConfigError if something is wrong), of --mailbox when given."""
+        if self.mailbox:
+            from service.mailboxes import settings_for
+
+            return settings_for(self.env_file, self.mailbox, overrides)
         return load_settings(self.env_file, overrides or None)
 
 
@@ -74,9 +79,11 @@ def _out(data: Any) -> None:
 )
 @click.option("--env-file", default=".env", show_default=True, help="Settings file to read.")
 @click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
+@click.option("--mailbox", default=None, envvar="INTROLOOP_MAILBOX", metavar="NAME",
+              help="With INTROLOOP_MAILBOXES_FILE: act on this mailbox (e.g. a chapter).")
 @click.version_option(package_name="introloop")
 @click.pass_context
-def main(ctx: click.Context, env_file: str, verbose: bool) -> None:
+def main(ctx: click.Context, env_file: str, verbose: bool, mailbox: str | None) -> None:
     """Introloop closes the loop on introductions made by email.
 
     Members BCC the service address on intro emails; Introloop asks both introduced people how
@@ -85,7 +92,7 @@ def main(ctx: click.Context, env_file: str, verbose: bool) -> None:
     # `run` narrates its work at INFO; one-shot commands only log problems
     quiet = ctx.invoked_subcommand != "run"
     setup_logging("DEBUG" if verbose else ("WARNING" if quiet else None))
-    ctx.obj = Ctx(env_file, verbose)
+    ctx.obj = Ctx(env_file, verbose, mailbox)
 
 
 # ---------------------------------------------------------------------------------- demo
@@ -125,21 +132,30 @@ def demo(directory: Path, as_json: bool) -> None:
 def run(ctx: Ctx, once: bool, dry_run: bool, as_json: bool) -> None:
     """Run the service: read the mailbox, ask, read answers, thank, summarise."""
     from service.app import build_loop
+    from service.mailboxes import load_mailboxes, mailboxes_file
 
-    settings = ctx.settings()
-    require_for_run(settings)
-    loop = build_loop(settings)
-    if dry_run:
-        loop.sender = None
+    if ctx.mailbox or mailboxes_file(ctx.env_file) is None:
+        configs = {ctx.mailbox or "": ctx.settings()}
+    else:  # every mailbox of INTROLOOP_MAILBOXES_FILE
+        configs = dict(load_mailboxes(ctx.env_file))
+    for settings in configs.values():
+        require_for_run(settings)
+    loops = {name: build_loop(settings) for name, settings in configs.items()}
+    for loop in loops.values():
+        if dry_run:
+            loop.sender = None
     if once:
-        try:
-            report = loop.run_once()
-        finally:
-            with contextlib.suppress(DatabaseError):
-                loop.release_mailbox()  # the next run (or another worker) reads it at once
-        _print_report(report, as_json)
+        for name, loop in loops.items():
+            try:
+                report = loop.run_once()
+            finally:
+                with contextlib.suppress(DatabaseError):
+                    loop.release_mailbox()  # the next run (or another worker) reads it at once
+            if name and not as_json:
+                click.echo(f"[{name}] {loop.settings.address}")
+            _print_report(report, as_json)
         return
-    _run_forever(loop)
+    _run_forever(loops)
 
 
 def _print_report(report: Any, as_json: bool) -> None:
@@ -169,12 +185,10 @@ def _raced(exc: Exception) -> None:
                f"({detail[0] if detail else 'unique key'}); retrying on the next pass", err=True)
 
 
-def _run_forever(loop: Any) -> None:
-    """IDLE on the mailbox in this thread; APScheduler ticks the outbound work."""
+def _run_forever(loops: dict[str, Any]) -> None:
+    """Serve each mailbox: IDLE, fetch and process in a thread per mailbox (in this thread
+    when there is only one); APScheduler ticks each mailbox's outbound work."""
     from apscheduler.schedulers.background import BackgroundScheduler
-    from sqlalchemy.exc import IntegrityError
-
-    from service.alerts import raise_alerts
 
     stop = threading.Event()
 
@@ -183,75 +197,111 @@ def _run_forever(loop: Any) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    lock = threading.Lock()  # one unit of work at a time: inbound and outbound never overlap
-
-    def outbound() -> None:
-        with lock:
-            loop.send_due()
-            loop.queue_monthly_summaries()
-            raise_alerts(loop)  # tells the operator (at most daily per cause) what is wrong
-            loop.flush_outbox()
-
-    def scheduled_outbound() -> None:
-        # the main loop reports outages (once); here they would become scheduler tracebacks
-        with contextlib.suppress(MailboxError, DatabaseError, TemporaryFailure):
-            try:
-                outbound()
-            except IntegrityError as exc:
-                _raced(exc)
-
-    scheduler = BackgroundScheduler(timezone=loop.settings.zone)
-    # due dates live in our tables; the scheduler only ticks. Late ticks coalesce into one.
-    scheduler.add_job(scheduled_outbound, "interval", seconds=60, id="outbound", coalesce=True,
-                      max_instances=1, misfire_grace_time=None, next_run_time=datetime.now())
+    # interval jobs only: due dates live in our tables, each loop's own zone decides them
+    scheduler = BackgroundScheduler(timezone="UTC")
+    served = []
+    for name, loop in loops.items():
+        lock = threading.Lock()  # one unit of work at a time: inbound and outbound never overlap
+        outbound = functools.partial(_outbound, loop, lock)
+        # Late ticks coalesce into one.
+        scheduler.add_job(functools.partial(_scheduled, outbound), "interval", seconds=60,
+                          id=f"outbound:{name}", coalesce=True, max_instances=1,
+                          misfire_grace_time=None, next_run_time=datetime.now())
+        served.append((name, loop, lock, outbound))
     scheduler.start()
+    try:
+        if len(served) == 1:
+            _serve(*served[0], stop)
+        else:
+            threads = [threading.Thread(target=_serve, args=(*args, stop), name=args[0],
+                                        daemon=True) for args in served]
+            for th in threads:
+                th.start()
+            while not stop.is_set() and any(th.is_alive() for th in threads):
+                stop.wait(0.5)  # signals reach this (main) thread
+            stop.set()
+            for th in threads:
+                th.join(timeout=60)
+    finally:
+        scheduler.shutdown(wait=True)
+        for _, loop, _, _ in served:
+            with contextlib.suppress(Exception):  # the database may be the thing that is down
+                loop.release_mailbox()
+            loop.mailbox.close()
+            if loop.sender is not None:
+                loop.sender.close()
+
+
+def _outbound(loop: Any, lock: threading.Lock) -> None:
+    from service.alerts import raise_alerts
+
+    with lock:
+        loop.send_due()
+        loop.queue_monthly_summaries()
+        raise_alerts(loop)  # tells the operator (at most daily per cause) what is wrong
+        loop.flush_outbox()
+
+
+def _scheduled(outbound: Callable[[], None]) -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    # the serving loop reports outages (once); here they would become scheduler tracebacks
+    with contextlib.suppress(MailboxError, DatabaseError, TemporaryFailure):
+        try:
+            outbound()
+        except IntegrityError as exc:
+            _raced(exc)
+
+
+def _serve(name: str, loop: Any, lock: threading.Lock, outbound: Callable[[], None],
+           stop: threading.Event) -> None:
+    """One mailbox until `stop`: fetch (if this worker holds its lease), process, send,
+    then IDLE (or poll); outages are reported once and waited out with backoff."""
+    import structlog
+    from sqlalchemy.exc import IntegrityError
+
+    prefix = f"[{name}] " if name else ""
+    structlog.contextvars.bind_contextvars(**({"mailbox_config": name} if name else {}))
     poll = max(5.0, loop.settings.poll_interval.total_seconds())
     # the mailbox reader renews its lease between IDLEs: an IDLE must end well within it
     idle = min(poll, 30.0, loop.settings.mailbox_lease.total_seconds() / 3)
     backoff = 1.0
     down_since: float | None = None  # an outage is reported once, and its end once
     idles = False  # has the IMAP server offered IDLE (remembered across reconnects)?
-    click.echo(f"introloop running on {loop.mailbox.name} as worker {loop.worker}; "
+    click.echo(f"{prefix}introloop running on {loop.mailbox.name} as worker {loop.worker}; "
                "Ctrl-C to stop", err=True)
-    try:
-        while not stop.is_set():
-            try:
-                with lock:
-                    loop.fetch()  # only the worker holding the mailbox lease reads it
-                    loop.process_pending()
-                outbound()
-                backoff = 1.0
-                if down_since is not None:
-                    click.echo(f"resumed after {time.monotonic() - down_since:.0f}s", err=True)
-                    down_since = None
-            except IntegrityError as exc:
-                _raced(exc)
-                stop.wait(1.0)
-                continue
-            except (MailboxError, DatabaseError, TemporaryFailure) as exc:
-                if down_since is None:
-                    down_since = time.monotonic()
-                    click.echo(f"warning: {exc}; retrying with backoff (up to 5 min) until it "
-                               "works again", err=True)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 300.0)
-                continue
-            if not getattr(loop, "holds_mailbox", True):
-                # another worker reads the mailbox: look for stored work every few seconds
-                stop.wait(min(poll, FOLLOWER_POLL))
-            # IDLE wakes us early when mail arrives; a catch-up fetch runs at least every `poll`
-            elif not loop.mailbox.wait(idle) and not stop.is_set():
-                # a server without IDLE is polled; one with IDLE (even if the connection just
-                # dropped) is fetched from again at once: a failed reconnect backs off above
-                idles = idles or getattr(loop.mailbox, "has_idle", lambda: False)()
-                stop.wait(0 if idles else poll)
-    finally:
-        scheduler.shutdown(wait=True)
-        with contextlib.suppress(Exception):  # the database may be the thing that is down
-            loop.release_mailbox()
-        loop.mailbox.close()
-        if loop.sender is not None:
-            loop.sender.close()
+    while not stop.is_set():
+        try:
+            with lock:
+                loop.fetch()  # only the worker holding the mailbox lease reads it
+                loop.process_pending()
+            outbound()
+            backoff = 1.0
+            if down_since is not None:
+                click.echo(f"{prefix}resumed after {time.monotonic() - down_since:.0f}s",
+                           err=True)
+                down_since = None
+        except IntegrityError as exc:
+            _raced(exc)
+            stop.wait(1.0)
+            continue
+        except (MailboxError, DatabaseError, TemporaryFailure) as exc:
+            if down_since is None:
+                down_since = time.monotonic()
+                click.echo(f"{prefix}warning: {exc}; retrying with backoff (up to 5 min) until "
+                           "it works again", err=True)
+            stop.wait(backoff)
+            backoff = min(backoff * 2, 300.0)
+            continue
+        if not getattr(loop, "holds_mailbox", True):
+            # another worker reads the mailbox: look for stored work every few seconds
+            stop.wait(min(poll, FOLLOWER_POLL))
+        # IDLE wakes us early when mail arrives; a catch-up fetch runs at least every `poll`
+        elif not loop.mailbox.wait(idle) and not stop.is_set():
+            # a server without IDLE is polled; one with IDLE (even if the connection just
+            # dropped) is fetched from again at once: a failed reconnect backs off above
+            idles = idles or getattr(loop.mailbox, "has_idle", lambda: False)()
+            stop.wait(0 if idles else poll)
 
 
 # ---------------------------------------------------------------------------------- check
