@@ -25,6 +25,7 @@ import structlog
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
+from service.adapters.db import put_heartbeat
 from service.adapters.tables import Heartbeat, Inbound, OAuthToken, Outbox, Reply, as_utc
 from service.config import Settings
 from service.core.alerts import Alert, Facts, Limits, SigninTrouble, TokenLife, alert_key, evaluate
@@ -64,20 +65,15 @@ class SigninRecorder:
         if last is not None and last[0] == error and now - last[1] < _QUIET_WRITES:
             return  # nothing new to say
         with Session(self.engine) as s, s.begin():
-            failed = s.get(Heartbeat, SIGNIN_FAILED + channel)
             if error is None:
-                ok = s.get(Heartbeat, SIGNIN_OK + channel)
-                if ok is None:
-                    s.add(Heartbeat(name=SIGNIN_OK + channel, at=now))
-                else:
-                    ok.at = now
+                put_heartbeat(s, SIGNIN_OK + channel, now)
+                failed = s.get(Heartbeat, SIGNIN_FAILED + channel)
                 if failed is not None:
                     s.delete(failed)
                     log.info("signin_recovered", channel=channel)
-            elif failed is None:
-                s.add(Heartbeat(name=SIGNIN_FAILED + channel, at=now, detail=error[:500]))
             else:
-                failed.detail = error[:500]  # `at` stays: failing since the first failure
+                # `at` stays: failing since the first failure
+                put_heartbeat(s, SIGNIN_FAILED + channel, now, error[:500], keep_at=True)
         self._last[channel] = (error, now)
 
 
@@ -159,8 +155,7 @@ def raise_alerts(loop: LoopBase) -> PassReport:
                         else type(exc).__name__)
     now = loop.clock.now()
     with loop.session() as s:
-        if s.get(Heartbeat, WATCHING) is None:
-            s.add(Heartbeat(name=WATCHING, at=now, detail="the silence alert counts from here"))
+        put_heartbeat(s, WATCHING, now, "the silence alert counts from here", only_new=True)
     if not mails_alerts(settings):
         return report
     assert settings.operator is not None

@@ -153,10 +153,6 @@ class Settings(BaseSettings):
 
     # who may create referrals (besides members)
     allow_senders: Annotated[tuple[str, ...], NoDecode] = ()
-
-    # DKIM signing of outgoing mail (optional; both or neither)
-    dkim_selector: str | None = None
-    dkim_key_file: Path | None = None
     # sender authentication of intros (service/core/auth.py): Authentication-Results stamped
     # by these authserv-ids count (any other is ignored: it may be forged); direct DKIM
     # verification needs DNS, so it is off unless asked for
@@ -164,6 +160,10 @@ class Settings(BaseSettings):
     verify_dkim: bool = False
     # tell the referrer "Got it: tracking your intro of …" (reply "cancel" to undo)
     confirm_intros: bool = False
+
+    # DKIM signing of outgoing mail (optional; both or neither)
+    dkim_selector: str | None = None
+    dkim_key_file: Path | None = None
 
     @model_validator(mode="before")
     @classmethod

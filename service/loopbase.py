@@ -10,13 +10,11 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from service.adapters.db import is_postgres, translate_errors
+from service.adapters.db import is_postgres, put_heartbeat, translate_errors
 from service.adapters.tables import (
-    Heartbeat,
     Party,
     Referral,
     Reply,
@@ -133,12 +131,7 @@ class LoopBase:
             self.on_event(name, data)
 
     def _beat(self, s: Session, name: str, detail: str = "") -> None:
-        # one upsert: several workers beat the same names at the same moment
-        insert = postgresql.insert if is_postgres(self.engine) else sqlite.insert
-        table = Heartbeat.__table__  # type: ignore[attr-defined]
-        values = {"name": name, "at": self.clock.now(), "detail": detail}
-        s.exec(insert(table).values(**values).on_conflict_do_update(  # type: ignore[call-overload]
-            index_elements=[table.c.name], set_={"at": values["at"], "detail": detail}))
+        put_heartbeat(s, name, self.clock.now(), detail)
 
 
     # ------------------------------------------------------------------ state helpers

@@ -35,6 +35,28 @@ def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
 
 
+def put_heartbeat(s: Any, name: str, at: Any, detail: str = "", *, keep_at: bool = False,
+                  only_new: bool = False) -> None:
+    """Write heartbeat `name` in one statement (an upsert): several workers write the same
+    names at the same moment, and read-then-insert races into a unique-key error.
+
+    `keep_at`: an existing row keeps its time (e.g. "failing since"); `only_new`: an existing
+    row is left alone."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    from service.adapters.tables import Heartbeat
+
+    insert = postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
+    table = Heartbeat.__table__  # type: ignore[attr-defined]
+    stmt = insert(table).values(name=name, at=at, detail=detail)
+    if only_new:
+        stmt = stmt.on_conflict_do_nothing(index_elements=[table.c.name])
+    else:
+        update = {"detail": detail} if keep_at else {"at": at, "detail": detail}
+        stmt = stmt.on_conflict_do_update(index_elements=[table.c.name], set_=update)
+    s.execute(stmt)
+
+
 def unavailable(exc: BaseException) -> bool:
     """True when `exc` says the database cannot be used right now (down, unreachable, locked,
     read-only, disk full), as opposed to a problem with the data being written."""
