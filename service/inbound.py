@@ -370,6 +370,8 @@ class InboundMixin(LoopBase):
 
         if reading.kind is Kind.BOUNCE:
             return self._on_bounce(s, msg, reading)
+        if reading.screening is not None and reading.screening.reason.startswith("arf:"):
+            return self._on_complaint(s, msg, reading)
         if reading.screening is not None:
             return reading.kind, reading.reason
         self._check_flood(s, row)
@@ -721,6 +723,28 @@ class InboundMixin(LoopBase):
                     party.status, party.next_due_at = PartyStatus.BOUNCED, None
         note = f"; undeliverable now: {', '.join(sorted(ours))}" if ours else ""
         return Kind.BOUNCE, reading.reason + note
+
+    def _on_complaint(self, s: Session, msg: Any, reading: Reading) -> tuple[str, str]:
+        """A spam complaint (ARF/JMRP): never answered, and its complainant never written to again.
+
+        Someone who pressed "report spam" on a feedback request has said "stop" as loudly as
+        they can; asking again would be exactly the stranger-spamming we promise not to do.
+        Only addresses we have written to are suppressed: complaint reports are often about
+        other mail, redacted or hashed.
+        """
+        assert reading.screening is not None
+        candidates = set(reading.screening.failed)
+        for address in h.recipients_seen(msg):
+            tag = tk.tag_of(address, self.settings.address)
+            outbox_id = tk.read_bounce_tag(self.secret, tag) if tag else None
+            out = s.get(Outbox, outbox_id) if outbox_id is not None else None
+            if out is not None:
+                candidates.add(out.to_email)
+        ours = sorted(a for a in candidates if self._known_recipient(s, a))
+        for address in ours:
+            self._suppress(s, address, "complaint", reading.reason[:300])
+        note = f"; never written to again: {', '.join(ours)}" if ours else ""
+        return Kind.IGNORED, reading.reason + note
 
     def _known_recipient(self, s: Session, address: str) -> bool:
         return (

@@ -154,7 +154,8 @@ class LoopBase:
             s.add(Suppression(email=email, reason=reason, detail=detail))
             self._event("address_suppressed", email=email, reason=reason)
         for party in s.exec(select(Party).where(Party.email == email)):
-            if party.status in ACTIVE and reason == "optout":
+            # a spam complaint is an opt-out said louder: stop asking, as for "stop"
+            if party.status in ACTIVE and reason in ("optout", "complaint"):
                 party.status, party.next_due_at = PartyStatus.OPTEDOUT, None
 
     def _party_state(self, s: Session, party: Party) -> PartyState:

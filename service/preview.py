@@ -204,7 +204,9 @@ def _network(sample: Sample) -> dict[str, Any]:
     unclear = [UnclearRecord(31, sample.second_other.email, "Let's see after the summer.",
                              NOW - timedelta(days=24), 2)]
     suppressed = [SuppressionRecord("old@gone.example", "bounce", NOW - timedelta(days=21),
-                                    "550 5.1.1 user unknown")]
+                                    "550 5.1.1 user unknown"),
+                  SuppressionRecord("annoyed@isp.example", "complaint", NOW - timedelta(days=12),
+                                    "arf: abuse/complaint feedback report (RFC 5965)")]
     delivery = [DeliveryRecord(77, "feedback_request", "slow@server.example", "pending", 3,
                                "451 4.7.1 try again later", NOW - timedelta(days=23))]
     summary = network_summary(month, _records(sample), TZ, unclear=unclear,

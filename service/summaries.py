@@ -144,7 +144,7 @@ class SummaryMixin(LoopBase):
         }
         opted_out = set(s.exec(
             select(Suppression.email).where(
-                Suppression.reason == "optout",
+                col(Suppression.reason).in_(("optout", "complaint")),
                 col(Suppression.email).in_(select(Party.email).where(col(Party.id).in_(
                     party_ids))))))
 

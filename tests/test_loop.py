@@ -189,6 +189,35 @@ def test_one_click_optout_is_forever(world) -> None:
     assert to_bob == ["feedback_request", "optout_confirmation"]
 
 
+def test_a_spam_complaint_about_a_request_stops_all_mail_to_the_complainant(world) -> None:
+    loop, clock = world
+    deliver(loop, INTRO.format(n=6))
+    loop.run_once()
+    clock.advance(timedelta(days=3))
+    loop.run_once()
+    request = request_to(loop, "bob@acme.example")
+    original = request.raw.decode("utf-8", "replace").split("\r\n\r\n", 1)[0]
+    deliver(loop, "From: Feedback Loop <fbl@isp.example>\nTo: referrals@network.example\n"
+                  "Subject: Abuse report\nMessage-ID: <arf-1@isp.example>\nMIME-Version: 1.0\n"
+                  'Content-Type: multipart/report; report-type=feedback-report; boundary="f"\n\n'
+                  "--f\nContent-Type: text/plain\n\nA user reported this message as spam.\n\n"
+                  "--f\nContent-Type: message/feedback-report\n\nFeedback-Type: abuse\n"
+                  "Version: 1\n\n--f\nContent-Type: text/rfc822-headers\n\n"
+                  + original.replace("\r\n", "\n") + "\n\n--f--\n")
+    r = loop.run_once()
+    assert [k for _, k, _ in r.processed] == ["ignored"]
+    with loop.session() as s:
+        assert s.get(Suppression, "bob@acme.example").reason == "complaint"
+        assert {p.email: p.status for p in s.exec(select(Party))}["bob@acme.example"] == "optedout"
+    # no reminder, no confirmation, nothing from a new intro either: a complaint is forever
+    deliver(loop, INTRO.format(n=7))
+    for _ in range(4):
+        clock.advance(timedelta(days=3))
+        loop.run_once()
+    assert [k for k, to in sent_kinds(loop) if to == "bob@acme.example"] == ["feedback_request"]
+    assert ("reminder", "carol@studio.example") in sent_kinds(loop)  # Carol is still asked
+
+
 def test_same_intro_twice_is_one_referral_and_duplicates_are_skipped(world) -> None:
     loop, _ = world
     deliver(loop, INTRO.format(n=6))

@@ -160,10 +160,10 @@ class Outbox(SQLModel, table=True):
 
 
 class Suppression(SQLModel, table=True):
-    """Addresses we never write to again: opted out (forever) or hard-bounced."""
+    """Addresses we never write to again: opted out or complained (forever), or hard-bounced."""
 
     email: str = Field(sa_column=sa.Column(sa.String(320), primary_key=True))
-    reason: str = Field(max_length=20)  # optout | bounce
+    reason: str = Field(max_length=20)  # optout | bounce | complaint (reported us as spam)
     detail: str = ""
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(False))
 

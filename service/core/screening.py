@@ -868,15 +868,58 @@ def _is_minted(message_id: str, domain: str | None) -> bool:
         return False
 
 
+_ARF_RECIPIENT_FIELD = re.compile(
+    r"^(?:original-rcpt-to|removal-recipient)[ \t]*:[ \t]*(?P<value>.+)$", re.I | re.M
+)
+
+
+def _complainants(ctx: _Ctx) -> list[str]:
+    """Who complained, as far as a complaint report tells: addresses to stop writing to.
+
+    ARF names the complaining recipient in ``Original-Rcpt-To`` / ``Removal-Recipient``
+    (often redacted or hashed, so these are only candidates: the caller acts on addresses
+    it has written to). Hotmail's JMRP stamps ``X-HmXmrOriginalRecipient`` on the attached
+    copy. Failing both, the attached original's To counts only when that original is our
+    own mail (our From or a Message-ID we minted): then its one recipient is the party who
+    pressed "report spam". The To of anyone else's mail is never taken.
+    """
+    found: list[str] = []
+    for part in ctx.parts_of("message/feedback-report"):
+        for m in _ARF_RECIPIENT_FIELD.finditer(_part_text(part)):
+            found += [a for _, a in email.utils.getaddresses([m.group("value")])]
+    for original in _attached_messages(ctx.msg):
+        for value in _headers(original, "x-hmxmroriginalrecipient"):
+            found += [a for _, a in email.utils.getaddresses([value])]
+        from_addr = email.utils.parseaddr(_header(original, "from"))[1].lower()
+        if from_addr in ctx.own_addresses or _is_minted(
+            _header(original, "message-id"), ctx.own_domain
+        ):
+            for value in _headers(original, "to"):
+                found += [a for _, a in email.utils.getaddresses([value])]
+    return [
+        a
+        for a in (x.strip().strip("<>").lower() for x in found)
+        if re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", a) and a not in ctx.own_addresses
+    ]
+
+
 def _rule_arf(ctx: _Ctx) -> Screening | None:
+    # A complaint is not a bounce (the mail was delivered) and never gets an answer, but
+    # it is the clearest "stop writing to me" there is: ``failed`` names the complainants
+    # so the loop can suppress them like an opt-out.
     if ctx.report_type == "feedback-report" or ctx.parts_of("message/feedback-report"):
-        return _verdict(ctx, Kind.IGNORED, "arf", "abuse/complaint feedback report (RFC 5965)")
+        return _verdict(
+            ctx, Kind.IGNORED, "arf", "abuse/complaint feedback report (RFC 5965)",
+            failed=_complainants(ctx),
+        )
     # Hotmail/Outlook.com JMRP predates ARF: "complaint about message from <ip>" with the
     # reported mail attached, stamped X-HmXmrOriginalRecipient.
     if re.match(r"\s*complaint\s+about\s+message\s+from\b", ctx.subject, re.I) or any(
         _headers(m, "x-hmxmroriginalrecipient") for m in _attached_messages(ctx.msg)
     ):
-        return _verdict(ctx, Kind.IGNORED, "arf", "Hotmail JMRP complaint report")
+        return _verdict(
+            ctx, Kind.IGNORED, "arf", "Hotmail JMRP complaint report", failed=_complainants(ctx)
+        )
     if _ses_field(ctx, "notificationType") == "Complaint":
         return _verdict(ctx, Kind.IGNORED, "arf", "Amazon SES complaint notification")
     return None

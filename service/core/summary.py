@@ -897,7 +897,7 @@ def network_summary(
             "mixed": outcomes[MIXED],
             "waiting": outcomes[OPEN],
             "bounced": sum(1 for x in supp if x.reason == "bounce"),
-            "opted_out": sum(1 for x in supp if x.reason == "optout"),
+            "opted_out": sum(1 for x in supp if x.reason in ("optout", "complaint")),
         },
         answer_rate=Rate(len(answered), len(asked)),
         rate=rate,

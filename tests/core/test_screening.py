@@ -71,7 +71,8 @@ AUTOMATIC = [
     ("verp_unparsed.eml", Kind.BOUNCE, "verp", (), True),
     ("mdn_read_receipt.eml", Kind.IGNORED, "mdn", (), False),
     ("mdn_sieve_reject.eml", Kind.BOUNCE, "mdn", ("ivy@example.com",), True),
-    ("arf_complaint.eml", Kind.IGNORED, "arf", (), False),
+    # the complainant: the To of our own mail attached to the report
+    ("arf_complaint.eml", Kind.IGNORED, "arf", ("jack@isp.example",), False),
     ("challenge_boxbe.eml", Kind.AUTOREPLY, "challenge", (), False),
     ("auto_submitted.eml", Kind.AUTOREPLY, "auto-submitted", (), False),
     ("exchange_oof.eml", Kind.AUTOREPLY, "autoreply-subject", (), False),
@@ -398,3 +399,34 @@ def test_random_bytes_never_raise(raw: bytes) -> None:
     msg = email.message_from_bytes(raw, policy=email.policy.default)
     result = screen(msg, raw, own_addresses=OWN, own_domain=DOMAIN)
     assert result is None or isinstance(result, Screening)
+
+
+def _arf(original_from: str, extra_fields: str = "") -> Screening | None:
+    body = (
+        "--f\nContent-Type: text/plain\n\nAbuse report.\n\n"
+        "--f\nContent-Type: message/feedback-report\n\n"
+        f"Feedback-Type: abuse\nVersion: 1\n{extra_fields}\n"
+        "--f\nContent-Type: text/rfc822-headers\n\n"
+        f"From: {original_from}\nTo: Dana <dana@isp.example>\nSubject: Hello\n\n--f--\n"
+    )
+    return run_made(
+        {
+            "From": "fbl@isp.example",
+            "To": "referrals@network.example",
+            "Subject": "Abuse report",
+            "MIME-Version": "1.0",
+            "Content-Type": 'multipart/report; report-type=feedback-report; boundary="f"',
+        },
+        body,
+    )
+
+
+def test_a_complaint_names_the_complainant_only_when_it_is_about_our_mail() -> None:
+    # Someone else's mail attached to a report: its To is not our party, never suppressed.
+    other = _arf("Someone <someone@elsewhere.example>")
+    assert other is not None and other.kind is Kind.IGNORED and other.failed == ()
+    ours = _arf("Test Network <referrals@network.example>")
+    assert ours is not None and ours.failed == ("dana@isp.example",)
+    # ARF's own field names the complainant even when the original is redacted
+    named = _arf("redacted", "Original-Rcpt-To: <Eve@Example.org>\n")
+    assert named is not None and named.failed == ("eve@example.org",)
