@@ -6,11 +6,13 @@
 
 Held-out sets (never trained on; bench/train_classifier.py refuses near-copies of them):
 our own ``config/classifier/check.jsonl`` (68 replies written after the rules and model
-were frozen), and, when ../shared exists, ``shared/devset/replies.jsonl`` and the 64
-"fresh" replies of Appendix A in ``shared/notes/classifier.md``. Prints accuracy on
-answered replies, macro-F1, the share sent to unclear, the confusion matrix,
-positive<->negative confusions and missed opt-outs, then per-reply latency and load
-time. Benchmarks print; they assert nothing.
+were frozen) and ``check2.jsonl`` (150 replies written blind, by a writer who saw neither
+the training data nor the classifier, before the second training round), and, when
+../shared exists, ``shared/devset/replies.jsonl`` and the 64 "fresh" replies of
+Appendix A in ``shared/notes/classifier.md``. Prints accuracy on answered replies,
+macro-F1, the share sent to unclear, the confusion matrix, positive<->negative
+confusions and missed opt-outs, then per-reply latency and load time. Benchmarks print;
+they assert nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from service.core.classify import Classifier  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CHECK = REPO / "config" / "classifier" / "check.jsonl"
+CHECK2 = REPO / "config" / "classifier" / "check2.jsonl"
 LABELS = ("positive", "negative", "pending", "optout", "unclear")
 
 
@@ -164,6 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     check = [json.loads(line) for line in CHECK.read_text(encoding="utf-8").splitlines() if line]
     report("own check set (config/classifier/check.jsonl)", check, clf, args.errors)
+    if CHECK2.is_file():
+        check2 = [json.loads(x) for x in CHECK2.read_text(encoding="utf-8").splitlines() if x]
+        report("blind check set (config/classifier/check2.jsonl)", check2, clf, args.errors)
     if not (SHARED / "devset" / "replies.jsonl").is_file():
         print(f"\nno held-out data at {SHARED}: dev set and Appendix A not reported")
         timing(clf, [r["text"] for r in check], args.rules_only)

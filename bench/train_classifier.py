@@ -10,7 +10,7 @@ What it does:
 
 1. Refuses to train if any training reply equals or nearly copies a reply of the held-out
    sets: ../shared's dev set and "fresh" Appendix A of notes/classifier.md, and our own
-   config/classifier/check.jsonl.
+   config/classifier/check.jsonl and check2.jsonl.
    Only their texts are read, for this check; their labels are never used here.
 2. Picks the LR's C by repeated stratified 5-fold CV on the training set (macro-F1).
 3. Re-runs the repeated CV with the whole classifier (rules + model) and sweeps the
@@ -67,7 +67,9 @@ def heldout_texts() -> list[str]:
     if dev.is_file():
         texts += [row["text"] for row in read_jsonl(dev)]
     # Our own fresh check set (written after the rules; never trained on) is held out too.
-    texts += [row["text"] for row in read_jsonl(CONFIG / "check.jsonl")]
+    for name in ("check.jsonl", "check2.jsonl"):
+        if (CONFIG / name).is_file():
+            texts += [row["text"] for row in read_jsonl(CONFIG / name)]
     notes = SHARED / "notes" / "classifier.md"
     if notes.is_file():
         texts += [row["text"] for row in appendix_a(notes.read_text(encoding="utf-8"))]
