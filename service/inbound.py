@@ -370,7 +370,7 @@ class InboundMixin(LoopBase):
 
         if reading.kind is Kind.BOUNCE:
             return self._on_bounce(s, msg, reading)
-        if reading.screening is not None and reading.screening.reason.startswith("arf:"):
+        if reading.screening is not None and reading.screening.rule == "arf":
             return self._on_complaint(s, msg, reading)
         if reading.screening is not None:
             return reading.kind, reading.reason
@@ -705,14 +705,10 @@ class InboundMixin(LoopBase):
     def _on_bounce(self, s: Session, msg: Any, reading: Reading) -> tuple[str, str]:
         assert reading.screening is not None
         failed = set(reading.screening.failed)
-        for address in h.recipients_seen(msg):
-            tag = tk.tag_of(address, self.settings.address)
-            outbox_id = tk.read_bounce_tag(self.secret, tag) if tag else None
-            if outbox_id is not None:
-                out = s.get(Outbox, outbox_id)
-                if out is not None:
-                    # VERP names the message exactly; trust it over addresses found in the body
-                    failed = {out.to_email}
+        out = self._verp_outbox(s, msg)
+        if out is not None:
+            # VERP names the message exactly; trust it over addresses found in the body
+            failed = {out.to_email}
         if not reading.screening.permanent:
             return Kind.BOUNCE, reading.reason + " (temporary: the sending server retries)"
         ours = [a for a in failed if self._known_recipient(s, a)]
@@ -734,17 +730,24 @@ class InboundMixin(LoopBase):
         """
         assert reading.screening is not None
         candidates = set(reading.screening.failed)
-        for address in h.recipients_seen(msg):
-            tag = tk.tag_of(address, self.settings.address)
-            outbox_id = tk.read_bounce_tag(self.secret, tag) if tag else None
-            out = s.get(Outbox, outbox_id) if outbox_id is not None else None
-            if out is not None:
-                candidates.add(out.to_email)
+        out = self._verp_outbox(s, msg)
+        if out is not None:
+            candidates.add(out.to_email)
         ours = sorted(a for a in candidates if self._known_recipient(s, a))
         for address in ours:
             self._suppress(s, address, "complaint", reading.reason[:300])
         note = f"; never written to again: {', '.join(ours)}" if ours else ""
         return Kind.IGNORED, reading.reason + note
+
+    def _verp_outbox(self, s: Session, msg: Any) -> Outbox | None:
+        """The outbox row named by our signed VERP bounce address, if the message came to it."""
+        for address in h.recipients_seen(msg):
+            tag = tk.tag_of(address, self.settings.address)
+            outbox_id = tk.read_bounce_tag(self.secret, tag) if tag else None
+            out = s.get(Outbox, outbox_id) if outbox_id is not None else None
+            if out is not None:
+                return out
+        return None
 
     def _known_recipient(self, s: Session, address: str) -> bool:
         return (

@@ -116,10 +116,16 @@ class Screening:
 
     ``kind`` is Kind.BOUNCE, Kind.AUTOREPLY or Kind.IGNORED (list/bulk/loop/no-reply senders).
     For bounces, ``failed`` holds the recipient addresses that failed (lowercased) and
-    ``permanent`` tells a hard bounce from a soft (temporary) one.
+    ``permanent`` tells a hard bounce from a soft (temporary) one. For a spam complaint
+    (rule ``arf``, kind IGNORED), ``failed`` holds who complained, as far as the report says.
     """
 
     kind: Kind
     reason: str
     failed: tuple[str, ...] = field(default_factory=tuple)
     permanent: bool = False
+
+    @property
+    def rule(self) -> str:
+        """The name of the screening rule that decided (``reason`` starts with it)."""
+        return self.reason.split(":", 1)[0]
