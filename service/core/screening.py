@@ -83,7 +83,7 @@ import email.utils
 import html
 import logging
 import re
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage, Message
 
@@ -903,22 +903,32 @@ def _complainants(ctx: _Ctx) -> list[str]:
     ]
 
 
+def _by(complainants: Sequence[str]) -> str:
+    """The reason's tail naming who complained (or that the report does not say)."""
+    if not complainants:
+        return "; complainant not named"
+    more = " ..." if len(complainants) > 3 else ""
+    return "; complaint by " + ", ".join(complainants[:3]) + more
+
+
 def _rule_arf(ctx: _Ctx) -> Screening | None:
     # A complaint is not a bounce (the mail was delivered) and never gets an answer, but
     # it is the clearest "stop writing to me" there is: ``failed`` names the complainants
     # so the loop can suppress them like an opt-out.
     if ctx.report_type == "feedback-report" or ctx.parts_of("message/feedback-report"):
+        who = _complainants(ctx)
         return _verdict(
-            ctx, Kind.IGNORED, "arf", "abuse/complaint feedback report (RFC 5965)",
-            failed=_complainants(ctx),
+            ctx, Kind.IGNORED, "arf", "abuse/complaint feedback report (RFC 5965)" + _by(who),
+            failed=who,
         )
     # Hotmail/Outlook.com JMRP predates ARF: "complaint about message from <ip>" with the
     # reported mail attached, stamped X-HmXmrOriginalRecipient.
     if re.match(r"\s*complaint\s+about\s+message\s+from\b", ctx.subject, re.I) or any(
         _headers(m, "x-hmxmroriginalrecipient") for m in _attached_messages(ctx.msg)
     ):
+        who = _complainants(ctx)
         return _verdict(
-            ctx, Kind.IGNORED, "arf", "Hotmail JMRP complaint report", failed=_complainants(ctx)
+            ctx, Kind.IGNORED, "arf", "Hotmail JMRP complaint report" + _by(who), failed=who
         )
     if _ses_field(ctx, "notificationType") == "Complaint":
         return _verdict(ctx, Kind.IGNORED, "arf", "Amazon SES complaint notification")
