@@ -250,6 +250,20 @@ def migrate(url: str) -> None:
 # ----------------------------------------------------------------------------- main
 
 
+def start_mail_stack(prefix: str) -> tuple[Path, Any]:
+    """A throwaway Dovecot + Postfix under a new temp dir (the service and operator mailboxes).
+
+    Exits with the one-line reason when the servers cannot be started here.
+    """
+    servers = load_servers()
+    missing = servers.MailStack.missing()
+    if missing:
+        raise SystemExit("cannot start the mail servers: " + "; ".join(missing))
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    tmp.chmod(0o711)  # Dovecot's and Postfix's users must traverse it
+    return tmp, servers.MailStack.start(tmp / "mail", [SERVICE, "operator@example.test"])
+
+
 def main() -> None:
     """Parse arguments, start servers, seed, measure, print."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -259,12 +273,7 @@ def main() -> None:
                     help="py-spy raw profile of the SQLite worker to this file")
     args = ap.parse_args()
     servers = load_servers()
-    missing = servers.MailStack.missing()
-    if missing:
-        raise SystemExit("cannot start the mail servers: " + "; ".join(missing))
-    tmp = Path(tempfile.mkdtemp(prefix="introloop-bench-"))
-    tmp.chmod(0o711)
-    stack = servers.MailStack.start(tmp / "mail", [SERVICE, "operator@example.test"])
+    tmp, stack = start_mail_stack("introloop-bench-")
     cluster = None
     try:
         t = time.perf_counter()

@@ -17,7 +17,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -38,13 +37,7 @@ def _pct(values: list[float], p: float) -> float:
 def main(count: int = 100, gap: float = 1.0) -> None:
     """Start the servers and a worker, send `count` intros `gap` seconds apart (after the
     previous one was recorded, so the worker is back in IDLE), print the latency figures."""
-    servers = ingest.load_servers()
-    missing = servers.MailStack.missing()
-    if missing:
-        raise SystemExit("cannot start the mail servers: " + "; ".join(missing))
-    tmp = Path(tempfile.mkdtemp(prefix="introloop-latency-"))
-    tmp.chmod(0o711)
-    stack = servers.MailStack.start(tmp / "mail", [SERVICE, "operator@example.test"])
+    tmp, stack = ingest.start_mail_stack("introloop-latency-")
     url = f"sqlite:///{tmp / 'data' / 'i.db'}"
     env = ingest.worker_env(stack, tmp / "data", url)
     ingest.migrate(url)
