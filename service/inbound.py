@@ -39,7 +39,7 @@ from service.core.decide import (
 )
 from service.core.intro import DUPLICATE_WINDOW, Senders, asks_to_cancel, intro_key
 from service.core.intro import Member as CoreMember
-from service.core.model import Classification, Kind, Outcome, Person
+from service.core.model import Classification, Evidence, Kind, Outcome, Person
 from service.core.reader import ReadContext, Reading, read
 from service.core.replytext import extract_reply
 from service.loopbase import (
@@ -372,7 +372,8 @@ class InboundMixin(LoopBase):
             return self._on_bounce(s, msg, reading)
         if reading.screening is not None and reading.screening.rule == "arf":
             return self._on_complaint(s, msg, reading)
-        if reading.screening is not None:
+        hinted = reading.screening is not None and reading.screening.evidence is Evidence.HINT
+        if reading.screening is not None and not hinted:
             return reading.kind, reading.reason
         self._check_flood(s, row)
 

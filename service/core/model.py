@@ -18,6 +18,20 @@ class Outcome(enum.StrEnum):
     UNCLEAR = "unclear"
 
 
+class Evidence(enum.IntEnum):
+    """How strongly a screening verdict proves that no person is writing to us.
+
+    The reader ranks evidence in one table (service/core/reader.py): proof of automatic mail
+    beats everything; proof that a person answers us (a reply token, a reference to our mail)
+    beats list evidence and hints; list evidence beats an intro; a hint decides only mail that
+    nothing else explains.
+    """
+
+    HINT = 1  # a guess: Feedback-ID, List-Unsubscribe, Precedence: bulk, a no-reply sender
+    LIST = 2  # a list server or a mailing: List-Id, List-Post, Mailman/ezmlm headers
+    AUTOMATIC = 3  # a machine wrote it: a DSN, Auto-Submitted, a vacation responder, our own
+
+
 class Kind(enum.StrEnum):
     """What an inbound message is, as `introloop inspect` reports it."""
 
@@ -118,12 +132,14 @@ class Screening:
     For bounces, ``failed`` holds the recipient addresses that failed (lowercased) and
     ``permanent`` tells a hard bounce from a soft (temporary) one. For a spam complaint
     (rule ``arf``, kind IGNORED), ``failed`` holds who complained, as far as the report says.
+    ``evidence`` says how strong the verdict is: only AUTOMATIC outranks a reply token.
     """
 
     kind: Kind
     reason: str
     failed: tuple[str, ...] = field(default_factory=tuple)
     permanent: bool = False
+    evidence: Evidence = Evidence.AUTOMATIC
 
     @property
     def rule(self) -> str:

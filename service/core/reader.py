@@ -1,21 +1,45 @@
 """Read one inbound message: what it is, why, and (for replies) what it says. Pure.
 
-The order is a rule table, each step with its reason, as `introloop inspect` prints it:
+Evidence is ranked in one table; the first row whose evidence is present decides, and each
+row says why it beats the rows below it. `introloop inspect` prints the deciding row.
 
-1. automatic mail (bounces, auto-replies, lists, our own loops)   -> bounce / autoreply / ignored
-2. a signed token in a delivery address, or a reference to a
-   Message-ID we minted                                           -> reply (to a known request)
-3. an intro from an authorised sender to two or more people       -> intro
-4. not from a member, and the text reads as an answer             -> reply (request unknown)
-5. anything else                                                  -> ignored / rejected
+====  =======================================  ===========  ==================================
+ #    evidence                                 verdict      why it ranks here
+====  =======================================  ===========  ==================================
+ 1    the screen proves automatic mail: a      bounce /     a machine wrote it; answering
+      DSN, an ARF/JMRP report, Auto-Submitted, autoreply /  would loop or spam, even when it
+      a vacation responder, our own mail       ignored      carries our token (responders
+                                                            quote it back)
+ 2    a valid signed reply token in a          reply        proves a person answers *our*
+      delivery address, or In-Reply-To/                     mail: only someone who received
+      References naming a Message-ID we minted              it can know them; nothing below
+                                                            (list headers, Feedback-ID,
+                                                            List-Unsubscribe, Precedence, an
+                                                            ESP X-Mailer) can outrank that
+ 3    a list server (List-Id, List-Post,       ignored      a post to a list is not an intro
+      Mailman/ezmlm headers)                                even from a member
+ 4    a member (or allowed sender) writing to  intro /      a member's word; more than
+      two or more people, the service in Bcc/  ignored      MAX_PARTIES recipients is a
+      Cc, sender not forged                                 mailing, not an intro (intro.py)
+ 5    a hint of bulk mail only (Feedback-ID,   ignored      weak: providers stamp these on
+      List-Unsubscribe, Precedence,                         personal mail, so they decide only
+      header-only auto-reply signals)                       mail that rows 1-4 leave
+                                                            unexplained; the pipeline still
+                                                            matches the sender's open request
+ 6    not from a member, and the text reads    reply        an answer that lost its headers
+      as an answer                             (unknown)
+ 7    anything else                            ignored /    a stranger's mail is never answered
+                                               rejected
+====  =======================================  ===========  ==================================
 
-The database-backed pipeline adds one more matching step (the sender's open request) that a
-pure reading cannot know.
+The database-backed pipeline adds one more matching step after rows 4 and 5 (the sender's
+open request) that a pure reading cannot know.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
+from typing import Any
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
@@ -23,7 +47,7 @@ from service.core import headers as h
 from service.core.auth import AuthVerdict, DkimCheck, DkimVerifier, authenticate
 from service.core.body import parse_message
 from service.core.intro import IntroVerdict, Senders, parse_intro
-from service.core.model import Classification, Kind, Outcome, Person, Screening
+from service.core.model import Classification, Evidence, Kind, Outcome, Person, Screening
 from service.core.outgoing import is_minted
 from service.core.replytext import ReplyText, extract_reply
 from service.core.screening import screen
@@ -95,12 +119,16 @@ def read(
     mid = h.message_id(msg)
     who = h.sender(msg)
     subject = h.header(msg, "Subject")
-    base = {"message_id": mid, "sender": who, "subject": subject}
+    base: dict[str, Any] = {"message_id": mid, "sender": who, "subject": subject}
 
     screening = screen(msg, raw, own_addresses=ctx.own_addresses, own_domain=ctx.domain)
-    if screening is not None:
+    # row 1: proof of automatic mail beats everything
+    if screening is not None and screening.evidence is Evidence.AUTOMATIC:
         return Reading(kind=screening.kind, reason=screening.reason, screening=screening, **base)
+    # a list or hint verdict is kept with the reading (inspect shows it) but decides later
+    base["notes"] = (f"outranked: {screening.reason}",) if screening is not None else ()
 
+    # row 2: proof that a person answers our mail
     tokens = (
         tuple(tokens_in(h.recipients_seen(msg), ctx.service_address, ctx.secret))
         if ctx.secret
@@ -110,9 +138,11 @@ def read(
     if tokens or ours:
         reply, verdict = _read_reply(msg, ctx, tokens, sent_texts)
         how = f"token {tokens[0].id}{tokens[0].kind}" if tokens else f"references <{ours[0]}>"
+        despite = f" (outranks {screening.rule})" if screening is not None else ""
         return Reading(
             kind=Kind.REPLY,
-            reason=f"reply matched by {how}; read as {verdict.outcome} ({verdict.rule})",
+            reason=f"reply matched by {how}{despite}; read as {verdict.outcome} "
+                   f"({verdict.rule})",
             tokens=tokens,
             our_references=ours,
             reply=reply,
@@ -120,11 +150,11 @@ def read(
             **base,
         )
 
+    # row 3: a list server
+    if screening is not None and screening.evidence is Evidence.LIST:
+        return Reading(kind=screening.kind, reason=screening.reason, screening=screening, **base)
+
     intro = parse_intro(msg, service_addresses=ctx.own_addresses, senders=ctx.senders)
-    if intro.kind is Kind.REJECTED and intro.parties:
-        # a non-member introducing people: say so (it is not a reply to anything)
-        return Reading(kind=Kind.REJECTED, reason=intro.reason, referrer=intro.referrer,
-                       intro=intro, **base)
     if intro.kind is Kind.INTRO and who is not None:
         auth = authenticate(
             msg, from_address=who.email, trusted=ctx.trusted_authserv_ids,
@@ -146,6 +176,16 @@ def read(
             **base,
         )
 
+    # row 5: only a hint of bulk mail
+    if screening is not None:
+        return Reading(kind=screening.kind, reason=screening.reason, screening=screening,
+                       referrer=intro.referrer, intro=intro, **base)
+    if intro.kind is Kind.REJECTED and intro.parties:
+        # a non-member introducing people: say so (it is not a reply to anything)
+        return Reading(kind=Kind.REJECTED, reason=intro.reason, referrer=intro.referrer,
+                       intro=intro, **base)
+
+    # rows 6 and 7
     is_member = who is not None and ctx.senders.member_for(who.email) is not None
     reply, verdict = _read_reply(msg, ctx, (), sent_texts)
     if not is_member and verdict.outcome is not Outcome.UNCLEAR:

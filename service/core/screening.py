@@ -4,57 +4,61 @@ Every inbound message passes here before anything tries to read it as an intro o
 answer. ``screen()`` returns ``None`` for mail that looks written by a person, otherwise
 a :class:`~service.core.model.Screening` that says what it is and which rule decided.
 
-Rules run in a fixed order, like Mailman's pipeline: the first rule that decides wins.
-The order matters because real automatic mail carries several markers at once:
+Rules run in a fixed order, like Mailman's pipeline: the first rule whose evidence is
+AUTOMATIC wins. A rule that only gives LIST or HINT evidence (see
+:class:`~service.core.model.Evidence`) is kept while the later rules run, because a
+later rule may still prove the mail automatic; the strongest verdict is returned. What
+a LIST or HINT verdict means for a reply or an intro is decided by the reader's
+evidence table (service/core/reader.py), not here: a hint never outranks a reply token.
 
-====  ====================  =========  ====================================================
- #    rule                  kind       decides on
-====  ====================  =========  ====================================================
- 1    loop                  IGNORED    our own mail coming back: ``X-Introloop-Loop``, From
-                                       one of ``own_addresses``, or a Message-ID we minted
-                                       for ``own_domain`` (service.core.outgoing's shape)
- 2    arf                   IGNORED    complaint reports: RFC 5965 feedback-report, Hotmail
-                                       JMRP, Amazon SES "Complaint" JSON
- 3    unsubscribe           (pass)     Apple Mail / RFC 2369 unsubscribe requests: marked
-                                       Auto-Submitted, but the person's own opt-out, so
-                                       ``screen()`` returns None and stops here
- 4    mdn                   IGNORED    read receipts (RFC 8098); BOUNCE when the
-                                       disposition is a rejection (Sieve/Dovecot "deleted")
- 5    challenge             AUTOREPLY  challenge-response / "add me to your allowed list"
-                                       notices (Boxbe wraps these in a DSN, so before dsn)
- 6    dsn                   BOUNCE     RFC 3464/6533 delivery-status fields (failed or
-                                       delayed); IGNORED when every recipient succeeded
- 7    ses                   BOUNCE     Amazon SES "Bounce" JSON (IGNORED for "Delivery")
- 8    x-failed-recipients   BOUNCE     Exim's ``X-Failed-Recipients`` header
- 9    flufl                 BOUNCE     flufl.bounce detectors, only on mail that already
-                                       looks like a report (daemon sender, bounce subject,
-                                       multipart/report, VERP address, NDR opening...)
- 10   ndr-text              BOUNCE     report look + failure wording; addresses from the
-                                       returned original's To/Cc if attached
- 11   auto-submitted        AUTOREPLY  RFC 3834 ``Auto-Submitted`` other than ``no``
- 12   autoreply-header      AUTOREPLY  ``X-Autoreply``, ``X-Autorespond(er)``,
-                                       ``Precedence: auto_reply``, ``X-Mailer: vacation``…
- 13   autoreply-subject     AUTOREPLY  localised "Automatic reply:", "Out of Office",
-                                       "Abwesenheitsnotiz", "[Ticket #123]"…
- 14   autoreply-body        AUTOREPLY  a short new text that says it is automatic or opens
-                                       like an out-of-office ("I am out of the office
-                                       until…"), with no words about an introduction
- 15   autoreply-weak        AUTOREPLY  two weak signals together (``X-Auto-Response-
-                                       Suppress``, ``Precedence: bulk``, ack subject…)
- 16   verp                  BOUNCE     anything else sent to our VERP address
-                                       ``<local>+bounce-<id>@<domain>``
- 17   null-sender           AUTOREPLY  ``Return-Path: <>``: only automatic mail uses it
- 18   list                  IGNORED    ``List-Id``/``List-Post``/list-server headers,
-                                       ``Precedence: bulk|list|junk``, ``Feedback-ID``,
-                                       ``List-Unsubscribe`` on mail that is no reply to us
- 19   noreply-sender        IGNORED    From ``noreply``/``no-reply``/``donotreply``/
-                                       ``mailer-daemon``/``postmaster``
-====  ====================  =========  ====================================================
+====  ====================  =========  =========  =========================================
+ #    rule                  kind       evidence   decides on
+====  ====================  =========  =========  =========================================
+ 1    loop                  IGNORED    automatic  our own mail coming back: ``X-Introloop-
+                                                  Loop``, From one of ``own_addresses``, or a
+                                                  Message-ID we minted for ``own_domain``
+ 2    arf                   IGNORED    automatic  complaint reports: RFC 5965, Hotmail JMRP,
+                                                  Amazon SES "Complaint" JSON
+ 3    unsubscribe           (pass)     --         Apple Mail / RFC 2369 unsubscribe requests:
+                                                  marked Auto-Submitted, but the person's own
+                                                  opt-out, so ``screen()`` stops here
+ 4    mdn                   IGNORED    automatic  read receipts (RFC 8098); BOUNCE when the
+                                                  disposition is a rejection (Sieve "deleted")
+ 5    challenge             AUTOREPLY  automatic  challenge-response / "add me to your allowed
+                                                  list" notices (Boxbe wraps these in a DSN)
+ 6    dsn                   BOUNCE     automatic  RFC 3464/6533 delivery-status fields (failed
+                                                  or delayed); IGNORED when all succeeded
+ 7    ses                   BOUNCE     automatic  Amazon SES "Bounce" JSON
+ 8    x-failed-recipients   BOUNCE     automatic  Exim's ``X-Failed-Recipients`` header
+ 9    flufl                 BOUNCE     automatic  flufl.bounce detectors, only on mail that
+                                                  already looks like a report
+ 10   ndr-text              BOUNCE     automatic  report look + failure wording
+ 11   auto-submitted        AUTOREPLY  automatic  RFC 3834 ``Auto-Submitted`` other than ``no``
+ 12   autoreply-header      AUTOREPLY  automatic  ``X-Autoreply``, ``X-Autorespond(er)``,
+                                                  ``Precedence: auto_reply``, vacation X-Mailer
+ 13   autoreply-subject     AUTOREPLY  automatic  localised "Automatic reply:", "Out of
+                                                  Office", "Abwesenheitsnotiz", "[Ticket #1]"
+ 14   autoreply-body        AUTOREPLY  automatic  a short new text that says it is automatic or
+                                                  opens like an out-of-office, with support
+                                                  ("for urgent matters…") and no intro words
+ 15   autoreply-weak        AUTOREPLY  hint /     two weak signals; only headers
+                                       automatic  (``X-Auto-Response-Suppress`` + ``Precedence``)
+                                                  are a hint, an ack subject or out-of-office
+                                                  words with one of them are automatic
+ 16   verp                  BOUNCE     automatic  anything else sent to our VERP address
+ 17   null-sender           AUTOREPLY  automatic  ``Return-Path: <>``: only automatic mail
+ 18   list                  IGNORED    list       ``List-Id``/``List-Post``/list-server headers
+ 19   bulk-hint             IGNORED    hint       ``Precedence: bulk|list|junk``,
+                                                  ``Feedback-ID``, ``List-Unsubscribe`` (all
+                                                  also stamped on personal mail)
+ 20   noreply-sender        IGNORED    automatic  From ``noreply``/``donotreply``/
+                                                  ``mailer-daemon``/``postmaster``
+====  ====================  =========  =========  =========================================
 
 Why this order: our own mail carries ``Auto-Submitted`` and ``List-Unsubscribe``, so the
 loop rule is first. Bounces usually carry ``Auto-Submitted`` too and come from
 ``mailer-daemon``, so the bounce rules (6–10) come before the auto-reply rules (11–17),
-and both before the catch-all "ignored" rules (18–19). Auto-replies often carry
+and both before the catch-all "ignored" rules (18–20). Auto-replies often carry
 ``Precedence: bulk`` or ``junk``, so list rules come after them. Complaints, receipts
 and challenges are multipart reports too, so they are sorted out before ``dsn``.
 
@@ -87,7 +91,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage, Message
 
-from service.core.model import Kind, Screening
+from service.core.model import Evidence, Kind, Screening
 
 __all__ = ["RULES", "Rule", "screen", "verp_outbox_id"]
 
@@ -828,6 +832,7 @@ def _verdict(
     detail: str,
     failed: Collection[str] = (),
     permanent: bool = False,
+    evidence: Evidence = Evidence.AUTOMATIC,
 ) -> Screening:
     reason = f"{rule}: {' '.join(detail.split())}"
     if kind is Kind.BOUNCE or kind is Kind.AUTOREPLY:
@@ -835,7 +840,8 @@ def _verdict(
         if outbox is not None:
             reason += f" [outbox {outbox}]"
     clean = tuple(dict.fromkeys(a.lower() for a in failed if a))
-    return Screening(kind=kind, reason=reason, failed=clean, permanent=permanent)
+    return Screening(kind=kind, reason=reason, failed=clean, permanent=permanent,
+                     evidence=evidence)
 
 
 def _rule_loop(ctx: _Ctx) -> Screening | None:
@@ -1467,10 +1473,16 @@ def _rule_autoreply_weak(ctx: _Ctx) -> Screening | None:
             break
     if _ACK_SUBJECT.search(ctx.subject):
         signals.append(f"subject {ctx.subject[:40]!r}")
+    worded = False
     if len(signals) == 1 and _body_verdict(ctx, 1200, need_support=False):
         signals.append("out-of-office wording")
+        worded = True
     if len(signals) >= 2:
-        return _verdict(ctx, Kind.AUTOREPLY, "autoreply-weak", " + ".join(signals))
+        # Two headers alone are a guess (Outlook stamps X-Auto-Response-Suppress on ordinary
+        # mail, gateways add Precedence); an ack subject or out-of-office words are a responder.
+        guess = not worded and not _ACK_SUBJECT.search(ctx.subject)
+        return _verdict(ctx, Kind.AUTOREPLY, "autoreply-weak", " + ".join(signals),
+                        evidence=Evidence.HINT if guess else Evidence.AUTOMATIC)
     return None
 
 
@@ -1511,23 +1523,34 @@ def _rule_list(ctx: _Ctx) -> Screening | None:
     for name in _LIST_HEADERS:
         values = ctx.hs(name)
         if values:
-            return _verdict(ctx, Kind.IGNORED, "list", f"{name}: {values[0][:60]}")
+            return _verdict(ctx, Kind.IGNORED, "list", f"{name}: {values[0][:60]}",
+                            evidence=Evidence.LIST)
+    return None
+
+
+def _rule_bulk_hint(ctx: _Ctx) -> Screening | None:
+    # Each of these is stamped on personal mail too: Fastmail and Proton add Feedback-ID to
+    # every message their users send, some providers and gateways add List-Unsubscribe or
+    # Precedence. So they are hints: they set aside mail nothing else explains, never a
+    # reply to us or a member's intro.
     for name in ("precedence", "x-precedence"):
         for value in ctx.hs(name):
             if value.strip().lower() in ("bulk", "list", "junk"):
-                return _verdict(ctx, Kind.IGNORED, "list", f"{name}: {value.strip()}")
+                return _verdict(ctx, Kind.IGNORED, "bulk-hint", f"{name}: {value.strip()}",
+                                evidence=Evidence.HINT)
     if ctx.hs("feedback-id"):
-        return _verdict(ctx, Kind.IGNORED, "list", "Feedback-ID: bulk sender (ESP)")
+        return _verdict(ctx, Kind.IGNORED, "bulk-hint", "Feedback-ID (an ESP's or a "
+                        "provider's stamp)", evidence=Evidence.HINT)
     if ctx.hs("list-unsubscribe") and not _is_reply_to_us(ctx):
-        return _verdict(
-            ctx, Kind.IGNORED, "list", "List-Unsubscribe on mail that is no reply to us"
-        )
+        return _verdict(ctx, Kind.IGNORED, "bulk-hint", "List-Unsubscribe",
+                        evidence=Evidence.HINT)
     return None
 
 
 def _rule_noreply(ctx: _Ctx) -> Screening | None:
     local = ctx.from_local
     if local and _NOREPLY_LOCALS.match(local):
+        # a no-reply or daemon address is a machine's by name: nobody there reads or writes
         return _verdict(ctx, Kind.IGNORED, "noreply-sender", f"From {local}: nobody reads replies")
     return None
 
@@ -1550,7 +1573,9 @@ RULES: tuple[Rule, ...] = (
     Rule("autoreply-weak", Kind.AUTOREPLY, "two weak auto-reply signals", _rule_autoreply_weak),
     Rule("verp", Kind.BOUNCE, "anything else sent to our VERP address", _rule_verp),
     Rule("null-sender", Kind.AUTOREPLY, "null envelope sender", _rule_null_sender),
-    Rule("list", Kind.IGNORED, "list, newsletter and bulk mail", _rule_list),
+    Rule("list", Kind.IGNORED, "mailing-list servers", _rule_list),
+    Rule("bulk-hint", Kind.IGNORED, "headers bulk senders use (also on personal mail)",
+         _rule_bulk_hint),
     Rule("noreply-sender", Kind.IGNORED, "no-reply and daemon senders", _rule_noreply),
 )
 
@@ -1596,13 +1621,19 @@ def screen(
         )
     except Exception:
         return None
+    weaker: Screening | None = None
     for rule in RULES:
         try:
             verdict = rule.check(ctx)
         except Exception:  # a rule tripping on a broken message must not stop the screen
             continue
         if verdict is _PASS:
-            return None
+            return weaker
         if isinstance(verdict, Screening):
-            return verdict
-    return None
+            if verdict.evidence is Evidence.AUTOMATIC:
+                return verdict
+            # a list or hint verdict is kept, but a later rule may still prove the mail
+            # automatic (a VERP bounce, a null sender): the strongest evidence wins
+            if weaker is None or verdict.evidence > weaker.evidence:
+                weaker = verdict
+    return weaker

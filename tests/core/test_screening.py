@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.core import screening
-from service.core.model import Kind, Screening
+from service.core.model import Evidence, Kind, Screening
 from service.core.screening import RULES, screen, verp_outbox_id
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "screening"
@@ -81,7 +81,7 @@ AUTOMATIC = [
     ("ticket_ack.eml", Kind.AUTOREPLY, "autoreply-body", (), False),
     ("weak_signals.eml", Kind.AUTOREPLY, "autoreply-weak", (), False),
     ("null_sender.eml", Kind.AUTOREPLY, "null-sender", (), False),
-    ("newsletter.eml", Kind.IGNORED, "list", (), False),
+    ("newsletter.eml", Kind.IGNORED, "bulk-hint", (), False),
     ("list_id.eml", Kind.IGNORED, "list", (), False),
     ("noreply_sender.eml", Kind.IGNORED, "noreply-sender", (), False),
     ("loop_header.eml", Kind.IGNORED, "loop", (), False),
@@ -179,14 +179,27 @@ def test_x_auto_response_suppress_alone_is_weak() -> None:
 
 
 @pytest.mark.parametrize("value", ["bulk", "list", "junk"])
-def test_precedence_bulk_is_list_mail(value: str) -> None:
+def test_precedence_bulk_is_a_bulk_hint(value: str) -> None:
     got = run_made({**BASE, "Precedence": value}, "Monthly digest.\n")
-    assert got is not None and got.kind is Kind.IGNORED and got.reason.startswith("list:")
+    assert got is not None and got.kind is Kind.IGNORED and got.reason.startswith("bulk-hint:")
+    assert got.evidence is Evidence.HINT
 
 
-def test_feedback_id_is_bulk() -> None:
+def test_feedback_id_is_only_a_hint() -> None:
+    # Fastmail and Proton stamp Feedback-ID on every message their users send
     got = run_made({**BASE, "Feedback-ID": "a:b:c:esp"})
-    assert got is not None and got.reason.startswith("list:")
+    assert got is not None and got.reason.startswith("bulk-hint:")
+    assert got.evidence is Evidence.HINT
+
+
+def test_a_list_server_is_list_evidence_and_a_responder_stays_automatic() -> None:
+    got = run_made({**BASE, "List-Id": "<team.lists.example>", "Feedback-ID": "x"})
+    assert got is not None and got.rule == "list" and got.evidence is Evidence.LIST
+    # a hint first, then proof: the proof wins (the strongest verdict is returned)
+    got = run_made({**BASE, "Feedback-ID": "x", "Return-Path": "<>"})
+    assert got is not None and got.rule == "null-sender" and got.evidence is Evidence.AUTOMATIC
+    got = run_made({**BASE, "X-Auto-Response-Suppress": "All", "Precedence": "bulk"})
+    assert got is not None and got.evidence is Evidence.HINT
 
 
 @pytest.mark.parametrize(
