@@ -28,7 +28,16 @@ from sqlmodel import Session, col, func, select
 from service.adapters.db import put_heartbeat
 from service.adapters.tables import Heartbeat, Inbound, OAuthToken, Outbox, Reply, as_utc
 from service.config import Settings
-from service.core.alerts import Alert, Facts, Limits, SigninTrouble, TokenLife, alert_key, evaluate
+from service.core.alerts import (
+    Alert,
+    Facts,
+    Limits,
+    SetAside,
+    SigninTrouble,
+    TokenLife,
+    alert_key,
+    evaluate,
+)
 from service.core.decide import Send
 from service.core.model import Person
 from service.loopbase import PassReport
@@ -117,6 +126,11 @@ def gather_facts(engine: Engine, settings: Settings, now: datetime,
         total = s.exec(quarantined).one()
         recent = s.exec(quarantined.where(
             Inbound.processed_at >= now - limits.quarantine_window)).one()
+        set_aside = [SetAside(r.id or 0, r.sender or "?", r.set_aside or "", r.reason or "")
+                     for r in s.exec(select(Inbound).where(
+                         col(Inbound.set_aside).is_not(None),
+                         col(Inbound.processed_at) >= now - limits.set_aside_window)
+                         .order_by(col(Inbound.id).desc()).limit(200))]
     return Facts(
         signin=tuple(signin),
         tokens=tuple(tokens),
@@ -129,6 +143,7 @@ def gather_facts(engine: Engine, settings: Settings, now: datetime,
         unclear_oldest=as_utc(unclear_oldest),
         quarantined_recent=int(recent or 0),
         quarantined_total=int(total or 0),
+        set_aside=tuple(set_aside),
     )
 
 

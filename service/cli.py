@@ -674,25 +674,36 @@ def quarantine() -> None:
     """Messages that could not be processed, kept with their raw bytes and the reason."""
 
 
-@quarantine.command("list", epilog="Example:\n\n  introloop quarantine list --json")
+@quarantine.command(
+    "list",
+    epilog="Examples:\n\n  introloop quarantine list --json\n\n"
+    "  introloop quarantine list --set-aside",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 @click.option("--all", "show_all", is_flag=True,
               help="Also rejected senders and ignored mail, not only failures.")
+@click.option("--set-aside", "set_aside", is_flag=True,
+              help="Only ignored or rejected mail from members, their other addresses and "
+              "people we asked (what the daily set-aside alert lists).")
 @pass_ctx
 @friendly
-def quarantine_list(ctx: Ctx, as_json: bool, show_all: bool) -> None:
-    """List quarantined messages (and, with --all, rejected and ignored ones)."""
+def quarantine_list(ctx: Ctx, as_json: bool, show_all: bool, set_aside: bool) -> None:
+    """List quarantined messages (and, with --all, rejected and ignored ones).
+
+    Mail from a member, a member's alias or a person we asked that was set aside is marked
+    [member], [alias] or [party]."""
     from service.queries import list_quarantine
 
-    rows = list_quarantine(ctx.settings(), show_all=show_all)
+    rows = list_quarantine(ctx.settings(), show_all=show_all, set_aside=set_aside)
     if as_json:
         _out(rows)
         return
     if not rows:
-        click.echo("quarantine is empty")
+        click.echo("nothing set aside" if set_aside else "quarantine is empty")
     for r in rows:
+        mark = f" [{r['set_aside']}]" if r["set_aside"] else ""
         click.echo(f"#{r['id']} {r['received_at'][:16]} {r['status']}/{r['kind'] or '-'} "
-                   f"from {r['sender'] or '?'}: {r['reason']}")
+                   f"from {r['sender'] or '?'}{mark}: {r['reason']}")
 
 
 @quarantine.command("show", epilog="Example:\n\n  introloop quarantine show 12 --raw > m.eml")

@@ -42,6 +42,7 @@ NICE = {
     "monthly_summary": "monthly summary",
     "network_summary": "the network's monthly summary",
     "intro_confirmation": "intro confirmation",
+    "set_aside_note": "note: intro not recorded",
     "combined_request": "combined feedback request",
     "operator_alert": "operator alert",
 }

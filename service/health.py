@@ -92,8 +92,9 @@ def status_checks(settings: Settings, engine: Any, now: datetime
     except SQLAlchemyError as exc:
         return [*lines, ("alerts", False, f"cannot read the alert facts: {type(exc).__name__}")]
     for alert in alerts:
+        cases = "".join(f" {line}." for line in alert.items[:5])
         lines.append((f"alert:{alert.cause}", False if alert.severity == CRITICAL else None,
-                      f"{alert.title}. {alert.detail} Fix: {alert.fix}"))
+                      f"{alert.title}. {alert.detail}{cases} Fix: {alert.fix}"))
     return lines
 
 

@@ -54,6 +54,10 @@ from service.loopbase import (
 from service.ports import RawMail
 
 log = structlog.get_logger("introloop")
+
+# Reasons of ignored mail that lost nothing: another copy of it was acted on.
+NOT_LOST = ("duplicate of message #", "same intro as referral #",
+            "a follow-up in the thread of referral #", "same text to the same people as referral #")
 CLAIM_BATCH = 20  # inbound rows a worker claims at once: small, so work spreads over workers
 STORE_BATCH = 50  # fetched messages committed together (then flagged on the server)...
 STORE_BYTES = 8_000_000  # ...or fewer, when they are big
@@ -356,7 +360,13 @@ class InboundMixin(LoopBase):
         reading = read(msg, row.raw, ctx)
         row.sender = reading.sender.email if reading.sender else None
         row.subject = reading.subject[:500]
+        kind, reason = self._route(s, row, msg, reading, report)
+        if kind in (Kind.IGNORED, Kind.REJECTED) and not reason.startswith(NOT_LOST):
+            self._note_set_aside(s, row, ctx.senders, reading, report)
+        return kind, reason
 
+    def _route(self, s: Session, row: Inbound, msg: Any, reading: Reading, report: PassReport
+               ) -> tuple[str, str]:
         if row.message_id:
             earlier = s.exec(
                 select(Inbound.id).where(
@@ -428,6 +438,35 @@ class InboundMixin(LoopBase):
             if party is not None:
                 return self._on_reply(s, row, msg, party, reading, "sender", report)
         return reading.kind, reading.reason
+
+    def _note_set_aside(self, s: Session, row: Inbound, senders: Senders, reading: Reading,
+                        report: PassReport) -> None:
+        """Mail from a member, a member's other address or a person we asked was ignored or
+        rejected: mark it so the operator hears of it (check, health, the daily alert), and
+        tell a member whose intro did not count because of how it was sent, at most once a
+        week (a member who keeps sending the same way is not sent a note each time)."""
+        sender = row.sender
+        if not sender:
+            return
+        member = senders.member_for(sender)
+        if member is not None:
+            row.set_aside = "member" if member.email.lower() == sender else "alias"
+        elif s.exec(select(Party.id).where(Party.email == sender,
+                                           col(Party.last_request_message_id).is_not(None))
+                    ).first() is not None:
+            row.set_aside = "party"
+        else:
+            return
+        self._event("set_aside", inbound=row.id, sender=sender, who=row.set_aside)
+        if member is None or not reading.advice:
+            return
+        year, week, _ = self.clock.now().isocalendar()
+        self.enqueue(s, Send(
+            kind="set_aside_note", key=f"setaside:{member.email.lower()}:{year}-W{week:02d}",
+            to=Person(member.email.lower(), member.name), audience="member",
+            facts={"advice": reading.advice, "their_subject": reading.subject,
+                   "sent_from": sender},
+        ), report)
 
     def _check_flood(self, s: Session, row: Inbound) -> None:
         """Quarantine human mail beyond INTROLOOP_SENDER_HOURLY_LIMIT messages per sender and

@@ -225,6 +225,14 @@ def _confirmation(sample: Sample) -> dict[str, Any]:
     return ctx
 
 
+def _set_aside(sample: Sample) -> dict[str, Any]:
+    ctx = _base(sample, sample.referrer, "set_aside_note")
+    ctx.update(advice="the forwarded intro shows the people's names but not their addresses. "
+               "Forward it as an attachment, or put us in Bcc on the intro itself.",
+               their_subject="Fwd: Intro: José <> Carol", sent_from=sample.referrer.email)
+    return ctx
+
+
 def _alert(sample: Sample) -> dict[str, Any]:
     ctx = _base(sample, sample.operator, "operator_alert")
     ctx.update(alert={"cause": "signin", "severity": "critical",
@@ -233,7 +241,7 @@ def _alert(sample: Sample) -> dict[str, Any]:
                                 "referrals@founders.example: invalid credentials",
                       "fix": "Run `introloop auth google` again, or check "
                              "INTROLOOP_IMAP_PASSWORD.",
-                      "since": "2026-10-08 07:15 WEST"},
+                      "since": "2026-10-08 07:15 WEST", "items": ()},
                others=["No mail has arrived for 8 days"])
     return ctx
 
@@ -254,11 +262,13 @@ SAMPLES: dict[str, Callable[[Sample], dict[str, Any]]] = {
     "network_summary": _network,
     "intro_confirmation": _confirmation,
     "operator_alert": _alert,
+    "set_aside_note": _set_aside,
 }
 # Who each sample message goes to (for the .eml's To header)
 _AUDIENCE = {"appreciation": "referrer", "lessons": "referrer", "unclear_review": "operator",
              "monthly_summary": "referrer", "intro_confirmation": "referrer",
-             "network_summary": "operator", "operator_alert": "operator"}
+             "network_summary": "operator", "operator_alert": "operator",
+             "set_aside_note": "referrer"}
 
 
 def sample_context(name: str, sample: Sample | None = None) -> dict[str, Any]:

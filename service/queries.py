@@ -149,14 +149,18 @@ def list_referrals(settings: Settings) -> list[dict[str, Any]]:
 def _inbound_row(r: Inbound) -> dict[str, Any]:
     return {"id": r.id, "status": r.status, "kind": r.kind, "reason": r.reason,
             "sender": r.sender, "subject": r.subject, "message_id": r.message_id,
-            "size": r.size, "received_at": _iso(r.received_at)}
+            "size": r.size, "received_at": _iso(r.received_at), "set_aside": r.set_aside}
 
 
-def list_quarantine(settings: Settings, *, show_all: bool = False) -> list[dict[str, Any]]:
-    """Quarantined messages; with show_all also rejected and ignored ones."""
+def list_quarantine(settings: Settings, *, show_all: bool = False,
+                    set_aside: bool = False) -> list[dict[str, Any]]:
+    """Quarantined messages; with show_all also rejected and ignored ones; with set_aside
+    only ignored or rejected mail from members, their aliases and people we asked."""
     with Session(_engine(settings)) as s:
         q = select(Inbound)
-        if show_all:
+        if set_aside:
+            q = q.where(col(Inbound.set_aside).is_not(None))
+        elif show_all:
             q = q.where((Inbound.status == "quarantined") |
                         col(Inbound.kind).in_(["rejected", "ignored"]))
         else:

@@ -43,10 +43,12 @@ KEY_TEXT: dict[str, list[str]] = {
     "network_summary": ["September 2026", "Alice Martin", "introloop review", "bounced"],
     "intro_confirmation": ["Got it", "cancel"],
     "operator_alert": ["cannot sign in", "introloop auth google"],
+    "set_aside_note": ["didn't record your intro", "as an attachment"],
 }
 GREETED = {"unclear_review": "Hi Operator", "network_summary": "Hello",
            "operator_alert": "Hello"}
-REFERRER_MAIL = {"appreciation", "lessons", "monthly_summary", "intro_confirmation"}
+REFERRER_MAIL = {"appreciation", "lessons", "monthly_summary", "intro_confirmation",
+                 "set_aside_note"}
 
 
 def _names() -> list[str]:

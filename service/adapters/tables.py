@@ -79,6 +79,9 @@ class Inbound(SQLModel, table=True):
     party_id: int | None = Field(default=None, index=True)
     processed_at: datetime | None = Field(default=None, sa_column=_ts())
     attempts: int = 0
+    # mail from a member ("member"), a member's other address ("alias") or a person we asked
+    # ("party") that was ignored or rejected: the operator is told (check, health, alert)
+    set_aside: str | None = Field(default=None, max_length=20, index=True)
     # several workers: a worker claims a few `new` rows (status `claimed`) until lease_until;
     # a crashed worker's claims are taken over once their lease has passed
     claimed_by: str | None = Field(default=None, max_length=200)

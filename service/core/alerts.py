@@ -37,6 +37,17 @@ class TokenLife:
 
 
 @dataclass(frozen=True, slots=True)
+class SetAside:
+    """A message from a member, a member's alias or a person we asked that was ignored or
+    rejected (see `Inbound.set_aside`)."""
+
+    inbound_id: int
+    sender: str
+    who: str  # member | alias | party
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Facts:
     """Everything the judgement needs, read from the database (and the settings)."""
 
@@ -51,6 +62,7 @@ class Facts:
     unclear_oldest: datetime | None = None
     quarantined_recent: int = 0  # messages quarantined within `Limits.quarantine_window`
     quarantined_total: int = 0
+    set_aside: tuple[SetAside, ...] = ()  # within `Limits.set_aside_window`, newest first
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +77,7 @@ class Limits:
     outbox_attempts: int = 5  # with the 1, 2, 4, 8, 16 min backoff: about half an hour
     unclear_wait: timedelta = timedelta(days=3)
     quarantine_window: timedelta = timedelta(days=1)
+    set_aside_window: timedelta = timedelta(days=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +90,7 @@ class Alert:
     detail: str  # what we see
     fix: str  # what to do about it
     since: datetime | None = None
+    items: tuple[str, ...] = ()  # one line per case, when the alert is about several
 
 
 def evaluate(facts: Facts, now: datetime, limits: Limits | None = None) -> list[Alert]:
@@ -89,6 +103,7 @@ def evaluate(facts: Facts, now: datetime, limits: Limits | None = None) -> list[
         _silence(facts, now, limits),
         _unclear(facts, now, limits),
         _quarantine(facts, limits),
+        _set_aside(facts, limits),
     ]
     alerts = [a for a in found if a is not None]
     return sorted(alerts, key=lambda a: a.severity != CRITICAL)
@@ -223,4 +238,28 @@ def _quarantine(facts: Facts, limits: Limits) -> Alert | None:
         fix="`introloop quarantine list` shows why; after a fix, "
         "`introloop quarantine retry --all`.",
         since=None,
+    )
+
+
+_WHO = {"member": "member", "alias": "member's other address", "party": "person we asked"}
+
+
+def _set_aside(facts: Facts, limits: Limits) -> Alert | None:
+    # Mail from people we know was not acted on: a member's intro that did not count, a reply
+    # that was not read as one. Each may be a lost intro or answer, so a person should look.
+    if not facts.set_aside:
+        return None
+    n = len(facts.set_aside)
+    return Alert(
+        cause="set-aside",
+        severity=WARNING,
+        title=f"{n} message(s) from members or people we asked were set aside in the last "
+        f"{ago(limits.set_aside_window)}",
+        detail="They were ignored or rejected, not acted on; each line says why.",
+        fix="`introloop quarantine list --set-aside` lists them and `introloop quarantine show "
+        "ID` shows one; if one should have counted, fix the cause (e.g. `introloop members "
+        "add … --alias`) and run `introloop quarantine retry ID`.",
+        items=tuple(f"#{c.inbound_id} from {c.sender} ({_WHO.get(c.who, c.who)}): "
+                    f"{c.reason[:200]}" for c in facts.set_aside[:20])
+        + ((f"… and {n - 20} more",) if n > 20 else ()),
     )

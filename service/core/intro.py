@@ -116,6 +116,9 @@ class IntroVerdict:
     body_digest: str = ""
     references: tuple[str, ...] = ()
     via: str = "headers"
+    # set when a member meant an intro but *how* it was sent keeps it from counting: one
+    # line telling them what to do instead (they get it in a short, rate-limited note)
+    advice: str = ""
 
 
 def is_service_address(address: str, service_addresses: Collection[str]) -> bool:
@@ -461,11 +464,13 @@ def _parse_intro(
     where = {"headers": "", "attached": " in the attached message",
              "inline": " in the forwarded message"}[via]
 
-    def verdict(kind: Kind, reason: str, people: list[Person] | None = None) -> IntroVerdict:
+    def verdict(kind: Kind, reason: str, people: list[Person] | None = None,
+                advice: str = "") -> IntroVerdict:
         return IntroVerdict(
             kind, reason, referrer, tuple(people or ()), subject,
             forwarded=via != "headers", intro_message_id=intro_mid,
             body_digest=body_digest(text), references=tuple(h.references(msg)), via=via,
+            advice=advice,
         )
 
     if rule is None:
@@ -493,6 +498,8 @@ def _parse_intro(
             "the forwarded message names its recipients without addresses ("
             + ", ".join(nameless[:4]) + "); forward it as an attachment or BCC the "
             "service on the intro itself",
+            advice="the forwarded intro shows the people's names but not their addresses. "
+            "Forward it as an attachment, or put us in Bcc on the intro itself.",
         )
     if not parties:
         return verdict(Kind.IGNORED,
@@ -509,6 +516,9 @@ def _parse_intro(
             Kind.IGNORED,
             f"addressed to {len(parties)} people{where}: more than {MAX_PARTIES} reads as a "
             "mailing, not an introduction",
+            advice=f"it was addressed to {len(parties)} people, and we only follow up "
+            f"introductions of up to {MAX_PARTIES}. Send separate, smaller intros and put us "
+            "in Bcc on each.",
         )
     shape = "group intro" if len(parties) > 2 else "intro"
     how = {"headers": "", "attached": " (forwarded as an attachment)",

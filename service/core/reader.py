@@ -100,6 +100,8 @@ class Reading:
     intro: IntroVerdict | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
     auth: AuthVerdict | None = None
+    # a member's intro set aside because of *how* it was sent: what they should do instead
+    advice: str = ""
 
     @property
     def outcome(self) -> Outcome | None:
@@ -150,18 +152,24 @@ def read(
             **base,
         )
 
+    intro = parse_intro(msg, service_addresses=ctx.own_addresses, senders=ctx.senders)
     # row 3: a list server
     if screening is not None and screening.evidence is Evidence.LIST:
-        return Reading(kind=screening.kind, reason=screening.reason, screening=screening, **base)
+        meant = intro.kind is Kind.INTRO
+        return Reading(kind=screening.kind, reason=screening.reason, screening=screening,
+                       referrer=intro.referrer if meant else None,
+                       advice="it reached us through a mailing list, and we never follow up "
+                       "list posts. Put us in Bcc on a direct email to the people you "
+                       "introduce." if meant else "", **base)
 
-    intro = parse_intro(msg, service_addresses=ctx.own_addresses, senders=ctx.senders)
     if intro.kind is Kind.INTRO and who is not None:
         auth = authenticate(
             msg, from_address=who.email, trusted=ctx.trusted_authserv_ids,
             dkim=_verify_dkim(ctx, raw),
         )
         if auth.rejected:
-            # a forged or unverifiable From must never create a referral (or any mail)
+            # a forged or unverifiable From must never create a referral (or any mail, not
+            # even a note to the member it claims to be: the operator's alert says it)
             return Reading(kind=Kind.REJECTED, reason=f"{auth.reason}: not accepted as an "
                            f"intro from {who.email}", referrer=intro.referrer,
                            intro=intro, auth=auth, **base)
@@ -180,6 +188,9 @@ def read(
     if screening is not None:
         return Reading(kind=screening.kind, reason=screening.reason, screening=screening,
                        referrer=intro.referrer, intro=intro, **base)
+    if intro.kind is Kind.IGNORED and intro.advice:
+        return Reading(kind=Kind.IGNORED, reason=intro.reason, referrer=intro.referrer,
+                       intro=intro, advice=intro.advice, **base)
     if intro.kind is Kind.REJECTED and intro.parties:
         # a non-member introducing people: say so (it is not a reply to anything)
         return Reading(kind=Kind.REJECTED, reason=intro.reason, referrer=intro.referrer,
