@@ -39,9 +39,9 @@ open request) that a pure reading cannot know.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from typing import Any
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from typing import Any
 
 from service.core import headers as h
 from service.core.auth import AuthVerdict, DkimCheck, DkimVerifier, authenticate

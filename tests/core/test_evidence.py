@@ -60,7 +60,8 @@ def _intro(extra: dict[str, str]) -> bytes:
             "Subject": "Intro: Priya <> Tom", "Message-ID": "<i1@fastmail.com>",
             "Date": "Mon, 05 Oct 2026 09:00:00 +0000", **extra}
     lines = "".join(f"{k}: {v}\r\n" for k, v in head.items())
-    return f"{lines}Content-Type: text/plain\r\n\r\nPriya, meet Tom. You two should talk.\r\n".encode()
+    body = "Priya, meet Tom. You two should talk."
+    return f"{lines}Content-Type: text/plain\r\n\r\n{body}\r\n".encode()
 
 
 def test_feedback_id_on_a_token_reply_is_outranked() -> None:
@@ -114,7 +115,7 @@ def test_a_hint_still_sets_aside_mail_nothing_else_explains() -> None:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    extra=st.dictionaries(st.sampled_from(sorted(WEAK) + ["List-Id", "List-Post"]),
+    extra=st.dictionaries(st.sampled_from([*sorted(WEAK), "List-Id", "List-Post"]),
                           st.sampled_from(["bulk", "list", "junk", "1", "<x@y>", "All", ""]),
                           max_size=6),
     token=st.booleans(),
