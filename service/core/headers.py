@@ -12,6 +12,7 @@ from email.header import decode_header, make_header
 from email.message import EmailMessage, Message
 from email.utils import getaddresses, parseaddr
 
+from service.core import gateway
 from service.core.model import Person
 
 _MSGID = re.compile(r"<([^<>\s]+)>")
@@ -67,7 +68,8 @@ def _raw(msg: Message, name: str) -> str | None:
 
 def _clean_name(name: str) -> str:
     name = _CTRL.sub(" ", name or "").strip().strip('"').strip("'").strip()
-    return re.sub(r"\s+", " ", name)
+    # a gateway's "[EXTERNAL]" next to a name is not part of it
+    return gateway.clean_name(re.sub(r"\s+", " ", name))
 
 
 def addresses(msg: Message, *names: str) -> list[Person]:

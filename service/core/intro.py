@@ -30,6 +30,7 @@ from email.utils import getaddresses
 
 from service.core import headers as h
 from service.core.body import decode_bytes, text_body
+from service.core.gateway import strip_subject_tags
 from service.core.model import Kind, Person
 
 # A message addressed to more people than this is a mailing (an invitation, a newsletter sent
@@ -371,14 +372,15 @@ def _fix_names(people: list[Person], msg: Message, names: tuple[str, ...]) -> li
 
 def _subject(msg: Message) -> str:
     """The Subject, re-decoded cleanly when an unknown RFC 2047 charset left U+FFFD in it."""
-    subject = h.header(msg, "Subject")
+    # a gateway's "[EXTERNAL]" is not part of the intro's subject (the requests quote it)
+    subject = strip_subject_tags(h.header(msg, "Subject"))
     if "\ufffd" not in subject:
         return subject
     try:
         raw = next(v for k, v in msg.raw_items() if k.lower() == "subject")  # type: ignore[attr-defined]
         text = "".join(decode_bytes(part, charset) if isinstance(part, bytes) else part
                        for part, charset in decode_header(str(raw)))
-        return _clean(text) or subject
+        return strip_subject_tags(_clean(text)) or subject
     except Exception:
         return subject
 

@@ -28,6 +28,7 @@ from email.message import EmailMessage
 from html.parser import HTMLParser
 
 from service.core.body import html_body, html_to_text, text_body
+from service.core.gateway import BANNER_RE, unwrap_links
 
 __all__ = ["ReplyText", "extract_reply", "strip_reply_text"]
 
@@ -225,13 +226,8 @@ _DISCLAIMER_RE = re.compile(
     _I,
 )
 # "CAUTION: This email originated from outside of the organization…" and friends: gateway
-# banners at the TOP of a message. Only that paragraph is dropped.
-_BANNER_RE = re.compile(
-    r"^[*\[\s]*(?:caution|warning|external|attention|achtung|vorsicht|extern(?:al|e)?"
-    r"(?:\s+(?:e-?mail|sender|message))?)\b[\]*:!\s-]{0,6}.{0,160}?\b(?:outside|external|"
-    r"extern|externen|auÃŸerhalb|außerhalb|do\s+not\s+click|links?)\b",
-    _I,
-)
+# banners at the TOP of a message (service/core/gateway.py). Only that paragraph is dropped.
+_BANNER_RE = BANNER_RE
 _INLINE_HINT_RE = re.compile(
     r"\b(?:(?:see|find)\s+(?:my\s+)?(?:answers|comments|responses|replies|notes)\s+"
     r"(?:inline|below|in\s+(?:line|red|blue))|answers?\s+inline|inline\s+below|"
@@ -590,8 +586,12 @@ def _interleaved(kinds: list[str], start: int) -> bool:
 def _strip_signatures(lines: list[str], kinds: list[str], steps: list[str]) -> list[str]:
     n = len(lines)
     # 1. Gateway banners on top ("CAUTION: This email originated from outside…").
-    first = next((k for k in range(n) if lines[k].strip()), None)
-    if first is not None and _BANNER_RE.match(lines[first][:_MAX_LINE]):
+    # Two gateways in a row stack their banners ("[EXTERNAL]", then "CAUTION: …"); three
+    # paragraphs at most, so a reply that merely starts with "Attention: …" keeps the rest.
+    for _ in range(3):
+        first = next((k for k in range(n) if lines[k].strip()), None)
+        if first is None or not _BANNER_RE.match(lines[first][:_MAX_LINE]):
+            break
         end = first
         while end < n and lines[end].strip():
             end += 1
@@ -811,10 +811,10 @@ def extract_reply(msg: EmailMessage, *, sent_texts: Sequence[str] = ()) -> Reply
             else:
                 text = full_text
             result = _strip(text, sents, steps)
-            return ReplyText(result, _method(steps, "html:"), full_text)
+            return ReplyText(unwrap_links(result), _method(steps, "html:"), full_text)
         if source == "none":
             return ReplyText("", "empty", full_text)
         result = _strip(full_text, sents, steps)
-        return ReplyText(result, _method(steps, "plain:"), full_text)
+        return ReplyText(unwrap_links(result), _method(steps, "plain:"), full_text)
     except Exception as exc:  # never let one strange message stop the pipeline
         return ReplyText("", f"error:{type(exc).__name__}", full_text)

@@ -91,6 +91,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage, Message
 
+from service.core.gateway import strip_subject_tags
 from service.core.model import Evidence, Kind, Screening
 
 __all__ = ["RULES", "Rule", "screen", "verp_outbox_id"]
@@ -341,7 +342,8 @@ class _Ctx:
 
     @property
     def subject(self) -> str:
-        return self.h("subject")
+        # "[EXTERNAL] Automatic reply: …": the gateway's tag hides the responder's marker
+        return strip_subject_tags(self.h("subject"))
 
     @property
     def from_local(self) -> str:
