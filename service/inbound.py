@@ -40,6 +40,7 @@ from service.core.decide import (
 from service.core.intro import DUPLICATE_WINDOW, Senders, asks_to_cancel, intro_key
 from service.core.intro import Member as CoreMember
 from service.core.model import Classification, Evidence, Kind, Outcome, Person
+from service.core.quote import answer_of
 from service.core.reader import ReadContext, Reading, read
 from service.core.replytext import extract_reply
 from service.loopbase import (
@@ -644,7 +645,7 @@ class InboundMixin(LoopBase):
         if one_click is not None:
             verdict = Classification(one_click, 1.0, f"one-click:{one_click.value}")
         else:
-            verdict = self.classify(reply.text)
+            verdict = self.classify(answer_of(reply.text))
         sender = reading.sender.email if reading.sender else ""
         flagged = None
         if sender != party.email and verdict.outcome is not Outcome.OPTOUT:
@@ -694,6 +695,7 @@ class InboundMixin(LoopBase):
         step = reply_step(
             state, verdict, self.clock.now(), self.policy,
             reply_key=str(reply_row.id), operator=self._reviewer(state.referrer),
+            text=answer_of(reply.text),
         )
         self._apply(s, party, step, report, reply_row=reply_row)
         why = f"matched by {matched_by}; {verdict.outcome} ({verdict.rule}"
@@ -736,7 +738,8 @@ class InboundMixin(LoopBase):
             self._suppress(s, party.email, "optout", f"settled by {who}")
         verdict = Classification(outcome, 1.0, f"settled-by:{who}")
         step = reply_step(self._party_state(s, party), verdict, self.clock.now(), self.policy,
-                          reply_key=f"{reply_id}-settled", operator=None)
+                          reply_key=f"{reply_id}-settled", operator=None,
+                          text=answer_of(target.text))
         self._apply(s, party, step, report, reply_row=target)
         return Kind.REPLY, f"reply #{reply_id} settled as {outcome} by {who}; {step.note}"
 

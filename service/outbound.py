@@ -60,6 +60,7 @@ from service.core.outgoing import (
     names_of,
     stable_message_id,
 )
+from service.core.quote import answer_of
 from service.core.summary import may_quote
 from service.loopbase import (
     REQUEST_KINDS,
@@ -267,7 +268,9 @@ class OutboundMixin(LoopBase):
                 # the referrer wrote the intro: thanks and lessons join that conversation
                 references = [referral.intro_message_id]
             if reply_row is not None:
-                ctx["reply_text"] = reply_row.text.strip()
+                # members and the operator's review read the answer alone; the whole new
+                # text stays in the replies table
+                ctx["reply_text"] = answer_of(reply_row.text)
                 ctx["quote"] = self._quotable(reply_row, party.id, facts["others_names"])
             else:
                 ctx.setdefault("quote", "")
@@ -350,14 +353,14 @@ class OutboundMixin(LoopBase):
     def _quotable(self, reply_row: Reply, party_id: int, who: str) -> str:
         """The party's words for the referrer: none when they only sent a one-click answer
         (its prefilled text is ours, not theirs)."""
-        text = reply_row.text.strip()
+        text = answer_of(reply_row.text)
         canned = {c.body for c in answer_choices(self.secret, self.settings.address,
                                                   party_id, who)}
         if reply_row.rule.startswith("one-click") and " ".join(text.split()) in canned:
             return ""
         if not may_quote(text):
             return ""  # they asked us to keep it between us ("confidential", "entre nous"...)
-        return text
+        return text  # the answer alone: greeting, sign-off, signature and footers cut
 
     def flush_outbox(self, limit: int = 200) -> PassReport:
         """Send the due outbox rows, one claimed row at a time (at most `limit` per pass).

@@ -41,6 +41,7 @@ from service.adapters.templates import Rendered, TemplateError
 from service.core.decide import Send
 from service.core.intro import Senders
 from service.core.model import Outcome, Person
+from service.core.quote import answer_of
 from service.core.summary import (
     DeliveryRecord,
     MemberSummary,
@@ -160,7 +161,7 @@ class SummaryMixin(LoopBase):
                     status=p.status,
                     outcome=Outcome(p.outcome) if p.outcome else None,
                     outcome_at=as_utc(p.outcome_at),
-                    quote=answer.text.strip() if answer else "",
+                    quote=answer_of(answer.text) if answer else "",
                     # the request told them their answer goes to the referrer; still never
                     # quote someone who opted out, or a reply from an address that is not theirs
                     # that no person confirmed

@@ -16,10 +16,11 @@ from __future__ import annotations
 import enum
 import hashlib
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from service.core.model import Classification, Outcome, Person
+from service.core.when import named_date
 
 
 class PartyStatus(enum.StrEnum):
@@ -275,8 +276,12 @@ def reply_step(
     *,
     reply_key: str,
     operator: Person | None,
+    text: str = "",
 ) -> Step:
     """A reply from the party was read as `verdict`: new state and the messages it triggers.
+
+    `text` is the answer; for "not yet" a date it names ("by mid-April", "on the 12th")
+    times the recheck just after it (see `recheck_time`).
 
     `reply_key` identifies the inbound reply (for unique outbox keys); the operator gets the
     unclear ones. Appreciation goes to the referrer only for a definite answer.
@@ -330,7 +335,8 @@ def reply_step(
             note="negative: thanks for the honesty, lessons note to the referrer",
         )
     if verdict.outcome is Outcome.PENDING:
-        recheck_at = now + policy.pending_recheck
+        named = named_date(text, now.astimezone(policy.timezone).date()) if text else None
+        recheck_at = recheck_time(now, policy, named)
         return Step(
             PartyStatus.PENDING,
             recheck_at,
@@ -340,7 +346,8 @@ def reply_step(
                      thread_with_request=True),
             ),
             outcome=Outcome.PENDING,
-            note=f"not yet: ask again on {recheck_at:%Y-%m-%d %H:%M} UTC",
+            note=f"not yet: ask again on {recheck_at:%Y-%m-%d %H:%M} UTC"
+            + (f" (just after {named:%Y-%m-%d}, the date they named)" if named else ""),
         )
     # unclear: never guess; a person decides
     sends: tuple[Send, ...] = ()
@@ -351,6 +358,22 @@ def reply_step(
         )
     return Step(PartyStatus.UNCLEAR, None, sends, outcome=Outcome.UNCLEAR,
                 note="unclear: kept for a person")
+
+
+# A named date moves the recheck, within sensible bounds: never sooner than two days (people
+# need time to do what they said), never later than a year (a relationship that far out is
+# not "pending" any more).
+RECHECK_SOONEST = timedelta(days=2)
+RECHECK_LATEST = timedelta(days=365)
+
+
+def recheck_time(now: datetime, policy: Policy, named: date | None) -> datetime:
+    """When to ask again after "not yet": the morning after the date the person named
+    (09:00 in the network's timezone), else after INTROLOOP_PENDING_RECHECK."""
+    if named is None:
+        return now + policy.pending_recheck
+    after = datetime.combine(named + timedelta(days=1), time(9, 0), tzinfo=policy.timezone)
+    return min(max(after.astimezone(now.tzinfo), now + RECHECK_SOONEST), now + RECHECK_LATEST)
 
 
 def referral_outcome(outcomes: list[Outcome | None]) -> str:

@@ -49,6 +49,7 @@ from service.core.body import parse_message
 from service.core.intro import IntroVerdict, Senders, parse_intro
 from service.core.model import Classification, Evidence, Kind, Outcome, Person, Screening
 from service.core.outgoing import is_minted
+from service.core.quote import answer_of
 from service.core.replytext import ReplyText, extract_reply
 from service.core.screening import screen
 from service.core.tokens import Token, tokens_in
@@ -228,7 +229,9 @@ def _read_reply(
     if answer is not None:
         # a one-click answer: the address says it all; any text is kept as a comment
         return reply, Classification(answer, 1.0, f"one-click:{answer.value}")
-    return reply, ctx.classify(reply.text)
+    # the answer alone: a greeting, a sign-off or a company called "Great Lakes Partners" in
+    # the signature must not sway the outcome
+    return reply, ctx.classify(answer_of(reply.text))
 
 
 def _verify_dkim(ctx: ReadContext, raw: bytes) -> tuple[DkimCheck, ...] | None:

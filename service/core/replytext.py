@@ -274,6 +274,12 @@ def _is_mobile_sig(line: str) -> bool:
     return not tail or bool(_SIG_TAIL_RE.search(tail)) or tail.startswith(("<", "http", "("))
 
 
+# For service/core/quote.py, which cuts the answer out of the new text with the same notions.
+is_mobile_signature = _is_mobile_sig
+CONTACT_RE = _CONTACT_RE
+DISCLAIMER_RE = _DISCLAIMER_RE
+
+
 def _header_key(line: str) -> str | None:
     """The header name when `line` looks like "From: …" / "*Von:* …" / "De : …", else None."""
     m = _HEADER_RE.match(line[:_MAX_LINE])

@@ -1,0 +1,157 @@
+"""The answer alone: what a careful person quotes of a reply to the member who made the intro.
+
+`Reply.text` keeps the whole new text a person wrote (the operator may read it); members read
+only the answer: no greeting ("Hola Lucía,"), no sign-off ("Beste Grüße"), no name, title,
+company or phone lines, no legal footer (Impressum: "Geschäftsführer: …, Amtsgericht …"),
+confidentiality notice, gateway banner or mobile footer, in all five languages. The classifier
+reads the same cut text, so a company called "Great Lakes Partners" in a signature never
+sways an outcome.
+
+How, in order (each step only ever removes lines from the edges of the answer):
+
+1. drop a gateway banner on top and mobile footers anywhere ("Sent from my iPhone");
+2. drop a greeting line ("Hi Test Network,"), or a greeting that opens the answer's first
+   line ("Hi Alice, it went great!" keeps "it went great!");
+3. cut at a sign-off line ("Best,", "Thanks, Jürgen", "Met vriendelijke groet") and
+   everything below it, or at a legal or confidentiality paragraph;
+4. drop trailing lines that read as a signature: contact details, "Name | Title | Company",
+   a name or title alone (short, capitalised, no sentence punctuation), legal keywords.
+
+Never returns an empty string for a non-empty text: if the cut would leave nothing (a reply
+that is only "Thanks!"), the text is returned as it was. Pure; never raises.
+"""
+
+from __future__ import annotations
+
+import re
+
+from service.core.gateway import BANNER_RE
+from service.core.replytext import CONTACT_RE, DISCLAIMER_RE, is_mobile_signature
+
+__all__ = ["answer_of"]
+
+_NAME_WORD = r"[A-ZÀ-ÖØ-Þ][\w'.-]*"
+_GREETING = (r"(?:hi|hello|hey|dear|good (?:morning|afternoon|evening)|morning|"
+             r"hallo|hi zusammen|hallo zusammen|liebe[rs]?|sehr geehrte[rs]?|guten (?:tag|morgen|"
+             r"abend)|moin|servus|gruezi|grüezi|grüß (?:dich|gott)|"
+             r"bonjour|bonsoir|salut|coucou|cher|chère|chers|madame|monsieur|"
+             r"hola|buenos días|buenos dias|buenas tardes|buenas|estimad[oa]s?|querid[oa]s?|"
+             r"hoi|hallo allemaal|beste|goedemorgen|goedemiddag|geachte|dag)")
+# A line that is only a greeting: "Hi Test Network,", "Hola Lucía:", "Dear Ms. Hart,"
+_GREETING_LINE = re.compile(
+    rf"^\s*{_GREETING}\b(?:[ \t]+(?:[\w.'-]+)){{0,4}}[ \t]*[,:!.]?\s*$", re.I)
+# A greeting opening the answer's first line: "Hi Alice, it went great!"
+_GREETING_LEAD = re.compile(
+    rf"^\s*{_GREETING}\b(?:[ \t]+{_NAME_WORD}){{0,3}}[ \t]*[,!:]\s+(?=\S)", re.I)
+
+_SIGNOFF = (r"(?:best(?: wishes| regards)?|kind(?:est)? regards|warm(?:est)? regards|regards|"
+            r"many thanks|thanks(?: again| a lot| so much)?|thank you(?: again| so much)?|"
+            r"cheers|all the best|sincerely|yours(?: sincerely| truly)?|talk soon|speak soon|"
+            r"take care|br|rgds|thx|ciao|"
+            r"(?:beste|viele|liebe|freundliche|herzliche|sonnige) grü(?:ß|ss)e|"
+            r"(?:beste|viele|liebe|freundliche|herzliche) gruesse|mit (?:den )?(?:besten|"
+            r"freundlichen|herzlichen) grü(?:ß|ss)en|mfg|lg|vg|gruß|gruss|grüße|danke(?: dir| "
+            r"ihnen| schön| sehr)?|vielen dank|"
+            r"cordialement|bien cordialement|bien à (?:vous|toi)|belle journée|bonne (?:journée|"
+            r"soirée|fin de journée)|amitiés|merci(?: encore| beaucoup| bien)?|à bientôt|"
+            r"salutations|sincères salutations|"
+            r"saludos(?: cordiales)?|un saludo(?: cordial)?|atentamente|un abrazo|abrazos|"
+            r"gracias|muchas gracias|un cordial saludo|besos|"
+            r"met vriendelijke groet(?:en)?|vriendelijke groet(?:en)?|hartelijke groet(?:en)?|"
+            r"groet(?:en|jes)?|mvg|gr|bedankt|dank je wel|dank u wel|dankjewel|fijne dag)")
+# A sign-off line: the phrase, maybe punctuation, maybe a name ("Thanks, Jürgen").
+_SIGNOFF_LINE = re.compile(
+    rf"^\s*{_SIGNOFF}\b[ \t]*[,.!:;-]*(?:[ \t]*(?:{_NAME_WORD}[ \t]*){{1,3}})?[ \t]*[,.!]?\s*$",
+    re.I)
+_LEGAL = re.compile(
+    r"\b(?:geschäftsführ\w*|geschaeftsfuehr\w*|amtsgericht|registergericht|handelsregister|"
+    r"hrb|hra|ust-?id\w*|steuer-?nr|sitz der gesellschaft|impressum|vorstand|"
+    r"aufsichtsrat|siret|siren|rcs|sas au capital|sarl au capital|tva intracom\w*|"
+    r"cif|nif|registro mercantil|kvk|btw(?:-?nr|-?nummer)?|kamer van koophandel|iban|bic|"
+    r"vat(?: no| number| reg)?|company (?:no|number|registration)|registered (?:office|in))\b",
+    re.I)
+_SENTENCE_END = re.compile(r"[.!?…)]['\"”’]?\s*$")
+_PIPE_OR_BULLET = re.compile(r"\s[|•·]\s|^\s*[|•·]|\s[|•·]\s*$")
+
+
+def _prose(line: str) -> bool:
+    """A sentence a person wrote (an answer), not a name, title or company line."""
+    s = line.strip()
+    words = s.split()
+    if not words:
+        return False
+    if _SENTENCE_END.search(s) and (len(words) >= 3 or s.endswith(("!", "?"))):
+        return True
+    return len(words) >= 8 and not _PIPE_OR_BULLET.search(s)
+
+
+def _signature_like(line: str) -> bool:
+    """A trailing line that belongs to a signature block."""
+    s = line.strip()
+    if not s:
+        return True
+    if CONTACT_RE.search(s) or _LEGAL.search(s) or _PIPE_OR_BULLET.search(s):
+        return not _prose(s) or _LEGAL.search(s) is not None
+    if _prose(s):
+        return False
+    words = s.split()
+    # a name, a title, a company: short and mostly capitalised words
+    caps = sum(1 for w in words if w[:1].isupper() or not w[:1].isalpha())
+    return len(words) <= 7 and caps >= max(1, (len(words) + 1) // 2)
+
+
+def _cut(lines: list[str]) -> list[str]:
+    # 1. banners on top, mobile footers anywhere
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    for _ in range(3):
+        if lines and BANNER_RE.match(lines[0][:1000]):
+            while lines and lines[0].strip():
+                lines.pop(0)
+            while lines and not lines[0].strip():
+                lines.pop(0)
+    lines = [ln for ln in lines if not is_mobile_signature(ln)]
+
+    # 2. a greeting line, or a greeting opening the first line
+    first = next((i for i, ln in enumerate(lines) if ln.strip()), None)
+    if first is not None:
+        if _GREETING_LINE.match(lines[first]):
+            lines = lines[first + 1:]
+        else:
+            m = _GREETING_LEAD.match(lines[first])
+            if m:
+                rest = lines[first][m.end():]
+                lines = [*lines[:first], rest, *lines[first + 1:]]
+
+    # 3. a sign-off line (not the first line with text) or a legal/confidentiality paragraph
+    seen_text = False
+    for i, ln in enumerate(lines):
+        s = ln.strip()
+        if not s:
+            continue
+        if seen_text and _SIGNOFF_LINE.match(s):
+            lines = lines[:i]
+            break
+        starts_paragraph = i == 0 or not lines[i - 1].strip()
+        if seen_text and starts_paragraph and (DISCLAIMER_RE.match(s[:1000]) or (
+                _LEGAL.search(s) and not _prose(s))):
+            lines = lines[:i]
+            break
+        seen_text = True
+
+    # 4. trailing signature lines (never the only line of the answer)
+    while len([ln for ln in lines if ln.strip()]) > 1 and _signature_like(lines[-1]):
+        lines.pop()
+    return lines
+
+
+def answer_of(text: str) -> str:
+    """The answer alone, as a careful person would quote it (see the module docstring)."""
+    if not text or not text.strip():
+        return text or ""
+    try:
+        lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        cut = "\n".join(_cut(lines)).strip()
+        return cut or text.strip()
+    except Exception:  # a quote is a courtesy; never let it stop the mail that carries it
+        return text.strip()
