@@ -23,6 +23,7 @@ from service.adapters.tables import (
     Party,
     Referral,
     Reply,
+    Suppression,
     as_utc,
 )
 from service.core import headers as h
@@ -55,6 +56,9 @@ from service.loopbase import (
 from service.ports import RawMail
 
 log = structlog.get_logger("introloop")
+
+# "That is not what I meant" lifts an opt-out read from a reply for this long.
+UNDO_WINDOW = timedelta(days=30)
 
 # Reasons of ignored mail that lost nothing: another copy of it was acted on.
 NOT_LOST = ("duplicate of message #", "same intro as referral #",
@@ -394,6 +398,8 @@ class InboundMixin(LoopBase):
                 return self._on_operator_verdict(s, row, msg, token.id, reading, report)
             if token.kind == "c":
                 return self._on_cancel(s, row, token.id, reading)
+            if token.kind == "r":
+                return self._on_undo_optout(s, token.id, reading)
             party = s.get(Party, token.id)
             if party is not None:
                 return self._on_reply(s, row, msg, party, reading, f"token:{token.kind}", report)
@@ -701,6 +707,32 @@ class InboundMixin(LoopBase):
         why = f"matched by {matched_by}; {verdict.outcome} ({verdict.rule}"
         why += f", {verdict.confidence:.2f})" + (f"; flagged: {flagged}" if flagged else "")
         return Kind.REPLY, f"reply from party #{party.id}: {why}; {step.note}"
+
+    def _on_undo_optout(self, s: Session, reply_id: int, reading: Reading) -> tuple[str, str]:
+        """"That is not what I meant": lift an opt-out we read from a reply, within
+        UNDO_WINDOW, and carry on as before: the misread reply goes to nobody's count, and the
+        person is asked again right away. A complaint or a bounce is never lifted this way,
+        nor an opt-out the person clicked ("Stop asking me") or the operator decided."""
+        reply_row = s.get(Reply, reply_id)
+        party = s.get(Party, reply_row.party_id) if reply_row and reply_row.party_id else None
+        if reply_row is None or party is None or reply_row.outcome != Outcome.OPTOUT:
+            return Kind.REPLY, f"undo link for reply #{reply_id}, which is not an opt-out; ignored"
+        self._lock_party(s, party)
+        row = s.get(Suppression, party.email)
+        now = self.clock.now()
+        if row is None or row.reason != "optout":
+            state = row.reason if row else "not suppressed"
+            return Kind.REPLY, f"undo link for {party.email}: nothing to undo ({state})"
+        if now - (as_utc(row.created_at) or now) > UNDO_WINDOW:
+            return Kind.REPLY, (f"undo link for {party.email} after {UNDO_WINDOW.days} days; the "
+                                "opt-out stays (the operator can lift it)")
+        s.delete(row)
+        reply_row.settled_by, reply_row.settled_outcome = "undo-link", Outcome.UNCLEAR
+        party.outcome, party.outcome_at = None, None
+        party.status, party.next_due_at = PartyStatus.PENDING, now
+        self._event("optout_undone", party=party.id, email=party.email, reply=reply_id)
+        return Kind.REPLY, (f"opt-out of {party.email} undone by its link (reply #{reply_id} was "
+                            "misread); they will be asked again now")
 
     def _on_operator_verdict(
         self, s: Session, row: Inbound, msg: Any, reply_id: int, reading: Reading,

@@ -151,7 +151,8 @@ class LoopBase:
     def _suppress(self, s: Session, email: str, reason: str, detail: str) -> None:
         email = email.lower()
         if s.get(Suppression, email) is None:
-            s.add(Suppression(email=email, reason=reason, detail=detail))
+            s.add(Suppression(email=email, reason=reason, detail=detail,
+                              created_at=self.clock.now()))
             self._event("address_suppressed", email=email, reason=reason)
         for party in s.exec(select(Party).where(Party.email == email)):
             # a spam complaint is an opt-out said louder: stop asking, as for "stop"

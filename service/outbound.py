@@ -61,7 +61,7 @@ from service.core.outgoing import (
     stable_message_id,
 )
 from service.core.quote import answer_of
-from service.core.summary import may_quote
+from service.core.summary import may_quote, one_line
 from service.loopbase import (
     REQUEST_KINDS,
     LoopBase,
@@ -275,6 +275,8 @@ class OutboundMixin(LoopBase):
             else:
                 ctx.setdefault("quote", "")
                 ctx.setdefault("reply_text", "")
+        if send.kind == "optout_confirmation":
+            ctx.update(self._undo_optout(reply_row))
         if "recheck_at" in ctx and isinstance(ctx["recheck_at"], datetime):
             ctx["recheck_on"] = self._fmt_date(ctx.pop("recheck_at"), tz_name)
         if send.kind == "unclear_review" and reply_row is not None and reply_row.id is not None:
@@ -349,6 +351,20 @@ class OutboundMixin(LoopBase):
                 "asking_again": item["kind"] != "feedback_request",
             })
         return out
+
+    def _undo_optout(self, reply_row: Reply | None) -> dict[str, Any]:
+        """The opt-out confirmation's safety net: what we understood, in one line, and a
+        one-click "that is not what I meant" (a signed token naming the reply). None for a
+        "Stop asking me" click or an operator's settlement: nothing was read into words."""
+        if reply_row is None or reply_row.id is None or reply_row.rule.startswith(
+                ("one-click", "settled-by")):
+            return {"understood": "", "undo_address": "", "undo_link": ""}
+        address = tk.plus_address(self.settings.address,
+                                  tk.make_token(self.secret, reply_row.id, "r"))
+        return {"understood": one_line(answer_of(reply_row.text), 140),
+                "undo_address": address,
+                "undo_link": mailto(address, "That is not what I meant",
+                                    "That is not what I meant: please keep asking me.")}
 
     def _quotable(self, reply_row: Reply, party_id: int, who: str) -> str:
         """The party's words for the referrer: none when they only sent a one-click answer

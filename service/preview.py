@@ -205,6 +205,8 @@ def _network(sample: Sample) -> dict[str, Any]:
                              NOW - timedelta(days=24), 2)]
     suppressed = [SuppressionRecord("old@gone.example", "bounce", NOW - timedelta(days=21),
                                     "550 5.1.1 user unknown"),
+                  SuppressionRecord("done@studio.example", "optout", NOW - timedelta(days=9),
+                                    "reply #88", "Please take me off this list, thanks."),
                   SuppressionRecord("annoyed@isp.example", "complaint", NOW - timedelta(days=12),
                                     "arf: abuse/complaint feedback report (RFC 5965)")]
     delivery = [DeliveryRecord(77, "feedback_request", "slow@server.example", "pending", 3,
@@ -253,7 +255,13 @@ SAMPLES: dict[str, Callable[[Sample], dict[str, Any]]] = {
     "pending_ack": _party_mail("pending_ack", recheck_on=_day(NOW + timedelta(days=14))),
     "thanks_positive": _party_mail("thanks_positive", outcome="positive"),
     "thanks_negative": _party_mail("thanks_negative", outcome="negative"),
-    "optout_confirmation": _party_mail("optout_confirmation"),
+    "optout_confirmation": _party_mail(
+        "optout_confirmation", understood="Please don't send me these any more.",
+        undo_address=tk.plus_address("referrals@founders.example",
+                                     tk.make_token(SECRET, 41, "r")),
+        undo_link=mailto(tk.plus_address("referrals@founders.example",
+                                         tk.make_token(SECRET, 41, "r")),
+                         "That is not what I meant", "That is not what I meant")),
     "combined_request": _combined,
     "appreciation": _member_mail("appreciation", REPLY_POSITIVE, "positive"),
     "lessons": _member_mail("lessons", REPLY_NEGATIVE, "negative"),

@@ -56,6 +56,7 @@ from service.core.summary import (
     member_summary_json,
     network_summary,
     network_summary_json,
+    one_line,
 )
 from service.loopbase import REQUEST_KINDS, LoopBase, PassReport, _zone
 
@@ -238,7 +239,8 @@ class SummaryMixin(LoopBase):
         unclear = [UnclearRecord(r.id or 0, r.from_email, r.text, as_utc(r.created_at),
                                  party_referral.get(r.party_id)) for r in waiting]
         suppressions = [
-            SuppressionRecord(x.email, x.reason, as_utc(x.created_at), x.detail)
+            SuppressionRecord(x.email, x.reason, as_utc(x.created_at), x.detail,
+                              _optout_sentence(s, x))
             for x in s.exec(select(Suppression).where(
                 col(Suppression.created_at) >= month.start(tz) - timedelta(days=1),
                 col(Suppression.created_at) < month.end(tz) + timedelta(days=1)))
@@ -388,3 +390,17 @@ def _answer_reply(replies: list[Reply], outcome: str | None) -> Reply | None:
         if (reply.settled_outcome or reply.outcome) == outcome:
             return reply
     return None
+
+
+def _optout_sentence(s: Session, row: Suppression) -> str:
+    """The words an opt-out was read from ("reply #12"), in one line, so the operator sees
+    what we understood as "stop" and can lift a misreading."""
+    if row.reason != "optout" or not row.detail.startswith("reply #"):
+        return ""
+    try:
+        reply = s.get(Reply, int(row.detail.removeprefix("reply #").split()[0]))
+    except ValueError:
+        return ""
+    if reply is None or reply.rule.startswith("one-click"):
+        return ""
+    return one_line(answer_of(reply.text), 140)

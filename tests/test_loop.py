@@ -341,3 +341,64 @@ def test_a_party_who_asks_for_discretion_is_not_quoted(world) -> None:
     text = message_from_bytes(appreciation.raw, policy=policy.default).get_body(
         ("plain",)).get_content()
     assert "pricing" not in text and "confidential" not in text
+
+
+def _text(row: Outbox) -> str:
+    return message_from_bytes(row.raw, policy=policy.default).get_body(("plain",)).get_content()
+
+
+def test_an_optout_undone_by_its_link_leaves_the_person_asked_again(world) -> None:
+    loop, clock = world
+    deliver(loop, INTRO.format(n=20))
+    loop.run_once()
+    clock.advance(timedelta(days=3))
+    loop.run_once()
+    deliver(loop, reply(loop, request_to(loop, "bob@acme.example"), "bob@acme.example",
+                        "Please stop sending these.", n=20))
+    loop.run_once()
+    with loop.session() as s:
+        assert s.get(Suppression, "bob@acme.example") is not None
+    confirmation = next(o for o in outbox(loop) if o.kind == "optout_confirmation")
+    text = _text(confirmation)
+    # it says what we understood, and how to take it back
+    assert '"Please stop sending these."' in text and "within 30 days" in text
+    undo = next(w for w in text.split() if w.startswith("referrals+") and "r" in w)
+    clock.advance(timedelta(days=1))
+    deliver(loop, f"From: bob@acme.example\nTo: {undo}\nSubject: That is not what I meant\n"
+                  "Message-ID: <undo-20@acme.example>\n\nThat is not what I meant.\n")
+    r = loop.run_once()
+    assert "undone by its link" in r.processed[0][2]
+    with loop.session() as s:
+        assert s.get(Suppression, "bob@acme.example") is None
+        bob = s.exec(select(Party).where(Party.email == "bob@acme.example")).one()
+        assert bob.status == "requested" and bob.outcome is None
+    # asked again, as before: the answer now counts
+    assert [k for k, to, _ in r.sent if to == "bob@acme.example"] == ["recheck"]
+    deliver(loop, reply(loop, request_to(loop, "bob@acme.example"), "bob@acme.example",
+                        "It went really well, we signed a contract!", n=21))
+    loop.run_once()
+    assert ("appreciation", "alice@example.com") in sent_kinds(loop)
+    # the link does not work twice, nor after 30 days
+    deliver(loop, f"From: bob@acme.example\nTo: {undo}\nSubject: again\n"
+                  "Message-ID: <undo-21@acme.example>\n\nagain\n")
+    r = loop.run_once()
+    assert "nothing to undo" in r.processed[0][2]
+
+
+def test_a_pending_answer_naming_a_date_is_rechecked_just_after_it(world) -> None:
+    loop, clock = world
+    deliver(loop, INTRO.format(n=22))
+    loop.run_once()
+    clock.advance(timedelta(days=3))  # Thursday 8 October
+    loop.run_once()
+    deliver(loop, reply(loop, request_to(loop, "bob@acme.example"), "bob@acme.example",
+                        "Not yet: our board decides on the 20th, I'll know after that.", n=22))
+    loop.run_once()
+    ack = next(o for o in outbox(loop) if o.kind == "pending_ack")
+    assert "Wednesday 21 October 2026" in _text(ack)
+    clock.advance(timedelta(days=12))  # the 20th: too early
+    loop.run_once()
+    assert ("recheck", "bob@acme.example") not in sent_kinds(loop)
+    clock.advance(timedelta(days=1, hours=1))  # the morning after
+    loop.run_once()
+    assert ("recheck", "bob@acme.example") in sent_kinds(loop)

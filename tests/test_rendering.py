@@ -33,7 +33,7 @@ KEY_TEXT: dict[str, list[str]] = {
     "pending_ack": ["We’ll check back on", "stop asking me"],
     "thanks_positive": ["great to hear", "Alice"],
     "thanks_negative": ["honest answer", "no blame"],
-    "optout_confirmation": ["will not email you again"],
+    "optout_confirmation": ["will not email you again", "not what I meant"],
     "appreciation": ["worked", "In their words", "first sprint starts next week"],
     "lessons": ["Not every referral lands", "Timeline", "Signals missed",
                 "introduce you better", "not a fit right now"],

@@ -194,6 +194,7 @@ class SuppressionRecord:
     reason: str  # optout | bounce
     at: datetime | None
     detail: str = ""
+    said: str = ""  # an opt-out read from a reply: the sentence, in one line
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,8 @@ Gmail ignores dots in them.
                                    not yet / stop (id = party)
                                    u = operator's verdict on an unclear reply (id = reply)
                                    c = referrer's cancel of a referral (id = referral)
+                                   r = "that is not what I meant": undo an opt-out read
+                                       from a reply (id = reply), within UNDO_WINDOW
     bounce-<id>-<sig>        VERP envelope sender of outbox row <id>
 """
 
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 
 from service.core.model import Outcome
 
-KINDS = "xpnwsuc"
+KINDS = "xpnwsucr"
 ANSWER_KINDS: dict[str, Outcome] = {
     "p": Outcome.POSITIVE,
     "n": Outcome.NEGATIVE,
