@@ -296,8 +296,10 @@ class Classifier:
         self._short: dict[str, tuple[Outcome, str]] = {}
         for lang, spec in vocabulary.get("languages", {}).items():
             self._stopwords[lang] = frozenset(normalize(w) for w in spec.get("stopwords", ()))
+            bare = frozenset(spec.get("optout_bare", ()))
             for name, rx in spec.get("optout", {}).items():
-                self._optout.append(_Pattern(Outcome.OPTOUT, lang, name, re.compile(rx)))
+                self._optout.append(_Pattern(Outcome.OPTOUT, lang, name, re.compile(rx),
+                                             weak=name in bare))
             self._traps.extend(re.compile(rx) for rx in spec.get("optout_traps", {}).values())
             weak = frozenset(spec.get("weak", ()))
             for label in PHRASE_LABELS:
@@ -349,7 +351,15 @@ class Classifier:
 
         optout = self._optout_cue(norm)
         if optout is not None:
-            verdict = Classification(Outcome.OPTOUT, _CONF_OPTOUT, optout.rule, optout.lang)
+            outcome_cues = [c for c in self._phrase_cues(norm) if not c.weak
+                            and not (c.start < optout.end and optout.start < c.end)]
+            if optout.weak and outcome_cues:
+                # a bare "stop" or "spam" next to a clear outcome ("Stop, we hired her!"):
+                # an opt-out cannot be undone by the person, so a person decides
+                rule = f"conflict {optout.rule} vs {outcome_cues[-1].rule}"
+                verdict = Classification(Outcome.UNCLEAR, 0.5, rule, optout.lang)
+            else:
+                verdict = Classification(Outcome.OPTOUT, _CONF_OPTOUT, optout.rule, optout.lang)
             return Analysis(norm, optout.lang, verdict, settled=verdict, cues=[optout])
 
         short = self._short_answer(norm)
@@ -396,7 +406,7 @@ class Classifier:
                 # opt-out words cancels that match only; another phrase can still fire.
                 if any(s < end and start < e for s, e in trap_spans):
                     continue
-                return Cue(Outcome.OPTOUT, pat.lang, pat.name, start, end)
+                return Cue(Outcome.OPTOUT, pat.lang, pat.name, start, end, pat.weak)
         return None
 
     def _short_answer(self, norm: str) -> tuple[Outcome, str, str | None] | None:
@@ -535,6 +545,12 @@ class Classifier:
                 Outcome.UNCLEAR, p_top, f"conflict {cue.rule} vs {model_rule}", language
             )
 
+        if top is Outcome.OPTOUT:
+            # An opt-out must be earned by explicit words (a phrase rule above). The model
+            # alone has read "opt-out" into "we're starting a project": a person decides.
+            return Classification(Outcome.UNCLEAR, p_top,
+                                  f"model-only opt-out needs explicit words {model_rule}",
+                                  language)
         if p_top >= t[top.value]:
             return Classification(top, p_top, model_rule, language)
         return Classification(Outcome.UNCLEAR, p_top, f"below-threshold {model_rule}", language)

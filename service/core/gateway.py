@@ -65,6 +65,7 @@ def clean_name(name: str) -> str:
 BANNER_RE = re.compile(
     r"^[*\[\s]*(?:"
     r"(?:caution|warning|external|attention|achtung|vorsicht|extern(?:al|e)?|precauci[oó]n|"
+    r"avertissement|"
     r"atenci[oó]n|aviso|let\s+op|waarschuwing|externo|externe)"
     r"(?:\s+(?:e-?mail|sender|message|mail|correo))?\b[\]*:!\s-]{0,6}.{0,200}?"
     r"\b(?:outside|external|extern|externen|externe|extérieur|l['’]extérieur|fuera|externo|"
@@ -73,9 +74,11 @@ BANNER_RE = re.compile(
     r"|(?:sie|u)\s+(?:erhalten|ontvangt)\s+nicht\s+oft\s+e-?mail"
     r"|vous\s+ne\s+recevez\s+pas\s+souvent\s+de\s+courriers?"
     r"|no\s+suele\s+recibir\s+correo"
-    r"|this\s+(?:e-?mail|message)\s+(?:originated|came|was\s+sent)\s+from\s+outside"
+    r"|this\s+(?:e-?mail|message)\s+(?:originated|came|was\s+sent|is)\s+from\s+(?:outside|an?\s+"
+    r"external)"
     r"|this\s+is\s+an\s+external\s+e-?mail"
-    r"|\[?\s*external\s*\]?\s*$"
+    r"|\[?\s*(?:external|extern|ext|externe?|externo)\s*\]?\s*$"
+    r"|\[\s*(?:external|extern|ext|externe?|externo)\s*\]"
     r")",
     re.I,
 )

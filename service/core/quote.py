@@ -37,12 +37,33 @@ _GREETING = (r"(?:hi|hello|hey|dear|good (?:morning|afternoon|evening)|morning|"
              r"bonjour|bonsoir|salut|coucou|cher|chère|chers|madame|monsieur|"
              r"hola|buenos días|buenos dias|buenas tardes|buenas|estimad[oa]s?|querid[oa]s?|"
              r"hoi|hallo allemaal|beste|goedemorgen|goedemiddag|geachte|dag)")
-# A line that is only a greeting: "Hi Test Network,", "Hola Lucía:", "Dear Ms. Hart,"
+_PUNCT_OR_EMOJI = r"(?:[,:!.—–-]|[\U0001F300-\U0001FAFF\u2600-\u27BF])"
+# A line that is only a greeting: "Hi Test Network,", "¡Hola!", "Hi Test Network 👋"
 _GREETING_LINE = re.compile(
-    rf"^\s*{_GREETING}\b(?:[ \t]+(?:[\w.'-]+)){{0,4}}[ \t]*[,:!.]?\s*$", re.I)
-# A greeting opening the answer's first line: "Hi Alice, it went great!"
+    rf"^\s*[¡]?{_GREETING}\b(?:[ \t]+(?:[\w.'-]+)){{0,4}}[ \t]*{_PUNCT_OR_EMOJI}*\s*$", re.I)
+# A greeting opening the answer's first line: "Hi Alice, it went great!", "Hey Lucy — we…"
 _GREETING_LEAD = re.compile(
-    rf"^\s*{_GREETING}\b(?:[ \t]+{_NAME_WORD}){{0,3}}[ \t]*[,!:]\s+(?=\S)", re.I)
+    rf"^\s*[¡]?{_GREETING}\b(?:[ \t]+{_NAME_WORD}){{0,3}}[ \t]*{_PUNCT_OR_EMOJI}+\s+(?=\S)",
+    re.I)
+# Courtesy around the answer, not the answer: "Thanks for checking in.", "Hope you're well!",
+# "danke der Nachfrage!", "Have a great weekend!"
+_COURTESY = re.compile(
+    r"(?:thanks|thank you|many thanks|cheers)(?: (?:so much|a lot))? for (?:checking in|the "
+    r"(?:nudge|follow[- ]?up|reminder|check[- ]?in|message|note)|following up|asking|reaching "
+    r"out|your (?:message|note|e-?mail))|(?:i )?hope (?:you(?:'re| are)|all is|this finds you)"
+    r"[^.!?]{0,30}|have a (?:great|good|nice|lovely) (?:day|week|weekend|evening)|"
+    r"(?:vielen )?dank(?:e)? (?:der|für die|fuer die) nachfrage|(?:ich )?hoffe,? (?:es geht|"
+    r"ihnen|dir)[^.!?]{0,30}|(?:ein )?schönes wochenende|"
+    r"merci (?:pour|de) (?:le suivi|votre (?:message|relance|suivi))|j'espère que (?:vous|tu)"
+    r"[^.!?]{0,30}|(?:encore merci et )?à bientôt|bonne (?:journée|semaine|soirée|fin de semaine)|"
+    r"je vous prie d'agréer[^.!?]{0,80}|"
+    r"gracias por (?:preguntar|el seguimiento|escribir|tu mensaje|su mensaje)|espero que "
+    r"(?:estés|esté|estéis)[^.!?]{0,30}|(?:que tengas? )?(?:un )?buen fin de semana|"
+    r"dank (?:je |u )?(?:wel )?voor (?:het navragen|de vraag|je bericht|uw bericht)|"
+    r"ik hoop dat[^.!?]{0,30}|fijn weekend",
+    re.I)
+_COURTESY_LEAD = re.compile(rf"^\s*(?:{_COURTESY.pattern})\s*[.!,]*\s*", re.I)
+_COURTESY_LINE = re.compile(rf"^\s*(?:{_COURTESY.pattern})\s*[.!,]*\s*$", re.I)
 
 _SIGNOFF = (r"(?:best(?: wishes| regards)?|kind(?:est)? regards|warm(?:est)? regards|regards|"
             r"many thanks|thanks(?: again| a lot| so much)?|thank you(?: again| so much)?|"
@@ -58,11 +79,19 @@ _SIGNOFF = (r"(?:best(?: wishes| regards)?|kind(?:est)? regards|warm(?:est)? reg
             r"saludos(?: cordiales)?|un saludo(?: cordial)?|atentamente|un abrazo|abrazos|"
             r"gracias|muchas gracias|un cordial saludo|besos|"
             r"met vriendelijke groet(?:en)?|vriendelijke groet(?:en)?|hartelijke groet(?:en)?|"
-            r"groet(?:en|jes)?|mvg|gr|bedankt|dank je wel|dank u wel|dankjewel|fijne dag)")
+            r"groet(?:en|jes)?|mvg|gr|bedankt|dank je wel|dank u wel|dankjewel|fijne dag|"
+            r"cdlt|bien à vous|encore merci(?: et à bientôt)?|reciba un (?:cordial )?saludo|"
+            r"recibe un (?:cordial )?saludo|quedo a (?:su|tu) disposición|hasta pronto|"
+            r"met hartelijke groet|hartelijke groeten|liebe grüße|lg|schöne grüße|"
+            r"mit besten grüßen|gruß aus \w+|greetings)")
 # A sign-off line: the phrase, maybe punctuation, maybe a name ("Thanks, Jürgen").
 _SIGNOFF_LINE = re.compile(
     rf"^\s*{_SIGNOFF}\b[ \t]*[,.!:;-]*(?:[ \t]*(?:{_NAME_WORD}[ \t]*){{1,3}})?[ \t]*[,.!]?\s*$",
     re.I)
+# "…aangenomen 🎉 Groetjes, Daan": a sign-off and a name closing the answer's own line
+_SIGNOFF_TAIL = re.compile(
+    rf"(?<=[.!?…)\U0001F300-\U0001FAFF\u2600-\u27BF])\s+{_SIGNOFF}[ \t]*[,.!]*"
+    rf"(?:[ \t]+{_NAME_WORD}){{1,3}}[ \t]*[.!]?\s*$", re.I)
 _LEGAL = re.compile(
     r"\b(?:geschäftsführ\w*|geschaeftsfuehr\w*|amtsgericht|registergericht|handelsregister|"
     r"hrb|hra|ust-?id\w*|steuer-?nr|sitz der gesellschaft|impressum|vorstand|"
@@ -112,16 +141,21 @@ def _cut(lines: list[str]) -> list[str]:
                 lines.pop(0)
     lines = [ln for ln in lines if not is_mobile_signature(ln)]
 
-    # 2. a greeting line, or a greeting opening the first line
-    first = next((i for i, ln in enumerate(lines) if ln.strip()), None)
-    if first is not None:
-        if _GREETING_LINE.match(lines[first]):
+    # 2. a greeting line, or a greeting opening the first line; then courtesy ("Thanks for
+    # checking in.") before the answer
+    for _ in range(4):
+        first = next((i for i, ln in enumerate(lines) if ln.strip()), None)
+        if first is None:
+            break
+        line = lines[first]
+        if _GREETING_LINE.match(line) or _COURTESY_LINE.match(line):
             lines = lines[first + 1:]
-        else:
-            m = _GREETING_LEAD.match(lines[first])
-            if m:
-                rest = lines[first][m.end():]
-                lines = [*lines[:first], rest, *lines[first + 1:]]
+            continue
+        m = _GREETING_LEAD.match(line) or _COURTESY_LEAD.match(line)
+        if m and line[m.end():].strip():
+            lines = [*lines[:first], line[m.end():], *lines[first + 1:]]
+            continue
+        break
 
     # 3. a sign-off line (not the first line with text) or a legal/confidentiality paragraph
     seen_text = False
@@ -139,9 +173,15 @@ def _cut(lines: list[str]) -> list[str]:
             break
         seen_text = True
 
-    # 4. trailing signature lines (never the only line of the answer)
-    while len([ln for ln in lines if ln.strip()]) > 1 and _signature_like(lines[-1]):
+    # 4. trailing signature and courtesy lines (never the only line of the answer), and a
+    # sign-off closing the answer's own last line
+    while len([ln for ln in lines if ln.strip()]) > 1 and (
+            _signature_like(lines[-1]) or _COURTESY_LINE.match(lines[-1])):
         lines.pop()
+    if lines:
+        tail = _SIGNOFF_TAIL.search(lines[-1])
+        if tail and lines[-1][:tail.start()].strip():
+            lines[-1] = lines[-1][:tail.start()]
     return lines
 
 
