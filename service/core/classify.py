@@ -28,7 +28,7 @@ import json
 import math
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -256,6 +256,39 @@ class LinearModel:
         return {label: e / total for label, e in zip(MODEL_LABELS, exps, strict=True)}
 
 
+class EmbeddingModel:
+    """Multinomial LR over a sentence embedding (multilingual-e5-small), in pure Python.
+
+    A second voter beside `LinearModel`: the embedding reads meaning across the five
+    languages where word features see only words ("about as reliable as my train home").
+    Its probabilities are blended with the LR's by ``blend`` (the LR's share), a weight
+    chosen by cross-validation in bench/train_classifier.py, which also chose the
+    thresholds that apply when both voters are present.
+    """
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        """Build from the parsed ``embedding.json`` (``labels``, ``bias``, ``weights``...)."""
+        labels = tuple(Outcome(lbl) for lbl in data["labels"])
+        if labels != MODEL_LABELS:
+            raise ValueError(f"embedding model labels {labels} differ from {MODEL_LABELS}")
+        self.bias: tuple[float, ...] = tuple(float(b) for b in data["bias"])
+        self.weights: tuple[tuple[float, ...], ...] = tuple(
+            tuple(float(w) for w in row) for row in data["weights"])
+        self.blend = float(data.get("blend", 0.5))
+        self.thresholds: dict[str, float] = {
+            k: float(v) for k, v in data.get("thresholds", {}).items()}
+        self.name: str = str(data.get("name", "e5"))
+
+    def predict(self, vector: Sequence[float]) -> dict[Outcome, float]:
+        """Class probabilities for one embedding vector."""
+        scores = [b + sum(w * x for w, x in zip(row, vector, strict=True))
+                  for b, row in zip(self.bias, self.weights, strict=True)]
+        top = max(scores)
+        exps = [math.exp(v - top) for v in scores]
+        total = sum(exps)
+        return {label: e / total for label, e in zip(MODEL_LABELS, exps, strict=True)}
+
+
 def feature_spec_hash(negators: Iterable[str], contrast: Iterable[str]) -> str:
     """Fingerprint of what `features()` depends on; stored with the weights to catch staleness."""
     spec = {"version": FEATURE_VERSION, "negators": sorted(negators), "contrast": sorted(contrast)}
@@ -276,8 +309,15 @@ class Classifier:
         vocabulary: Mapping[str, Any],
         model: Mapping[str, Any] | None = None,
         thresholds: Mapping[str, float] | None = None,
+        *,
+        embedding: Mapping[str, Any] | None = None,
+        embed: Callable[[str], Sequence[float]] | None = None,
     ) -> None:
-        """Compile the vocabulary; ``thresholds`` override the model file's (for experiments)."""
+        """Compile the vocabulary; ``thresholds`` override the model file's (for experiments).
+
+        ``embedding`` (the parsed embedding.json) and ``embed`` (text -> vector, the
+        embedder the edge wires in) add the second voter; both or neither.
+        """
         self.negators = frozenset(normalize(w) for w in vocabulary.get("negators", ()))
         contrast_words = [normalize(w) for w in vocabulary.get("contrast", ())]
         self.contrast = frozenset(w for w in contrast_words if " " not in w)
@@ -324,9 +364,14 @@ class Classifier:
         self.model_stale = bool(
             model and model.get("feature_spec") != feature_spec_hash(self.negators, self.contrast)
         )
+        self.embedding: EmbeddingModel | None = (
+            EmbeddingModel(embedding) if embedding and embed and model else None)
+        self.embed = embed if self.embedding is not None else None
         merged = dict(DEFAULT_THRESHOLDS)
         if model:
             merged.update({k: float(v) for k, v in model.get("thresholds", {}).items()})
+        if self.embedding is not None:
+            merged.update(self.embedding.thresholds)
         if thresholds:
             merged.update(thresholds)
         self.thresholds = merged
@@ -371,6 +416,10 @@ class Classifier:
         probs = (
             self.model.predict(features(norm, self.negators, self.contrast)) if self.model else None
         )
+        if probs is not None and self.embedding is not None and self.embed is not None:
+            other = self.embedding.predict(self.embed(text))
+            share = self.embedding.blend
+            probs = {k: share * probs[k] + (1 - share) * other[k] for k in probs}
         cues = self._phrase_cues(norm) or self._clause_cues(norm)
         decided = self._resolve_cues(norm, cues)
         if decided is not None and decided[1].lang in self._stopwords:
@@ -520,6 +569,8 @@ class Classifier:
         top = max(probs, key=lambda k: probs[k])
         p_top = probs[top]
         name = self.model.name if self.model else "lr"
+        if self.embedding is not None:
+            name += "+" + self.embedding.name
         model_rule = f"model:{name} {top.value} p={p_top:.2f}"
         # The model's own opt-out verdict is taken only where no phrase cue speaks (below),
         # so "never answered my e-mails" (a negative cue) cannot become an opt-out.

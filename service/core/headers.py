@@ -72,6 +72,27 @@ def _clean_name(name: str) -> str:
     return gateway.clean_name(re.sub(r"\s+", " ", name))
 
 
+_QUOTED_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def _semicolons(value: str) -> str:
+    """Outlook and some Exchange gateways separate addresses with ";" (as Outlook shows
+    them); RFC 5322 uses ",". Without a group ("team: a, b;") a ";" can only be that."""
+    if ";" not in value:
+        return value
+    bare = _QUOTED_STRING.sub("", value)
+    if ":" in bare:  # group syntax: the ";" ends the group
+        return value
+    return re.sub(r'("(?:[^"\\]|\\.)*")|;', lambda m: m.group(1) or ",", value)
+
+
+def _decoded(raw: str) -> str:
+    try:
+        return _CTRL.sub(" ", str(make_header(decode_header(raw)))).strip()
+    except Exception:
+        return raw
+
+
 def addresses(msg: Message, *names: str) -> list[Person]:
     """Every address in the given headers (To, Cc, ...), lowercased, names kept, de-duplicated.
 
@@ -82,6 +103,10 @@ def addresses(msg: Message, *names: str) -> list[Person]:
     out: list[Person] = []
     for name in names:
         raw_values = headers(msg, name)
+        raws = [v for k, v in _raw_items(msg) if k.lower() == name.lower()]
+        if any(";" in r for r in raws):
+            # the parsed value has already lost what follows a stray ";": start from the raw
+            raw_values = [_decoded(_semicolons(r)) for r in raws]
         for display, addr in getaddresses(raw_values):
             addr = addr.strip().strip("<>").lower()
             if "@" not in addr or " " in addr or addr in seen:

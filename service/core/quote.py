@@ -62,6 +62,20 @@ _COURTESY = re.compile(
     r"dank (?:je |u )?(?:wel )?voor (?:het navragen|de vraag|je bericht|uw bericht)|"
     r"ik hoop dat[^.!?]{0,30}|fijn weekend",
     re.I)
+# "Alex, Worked out great.": a name alone opening the answer, then a new sentence. Not a
+# word that opens answers ("Great, Thanks", "Yes, We signed").
+_CAP, _LOW = "A-ZÀ-ÖØ-Þ", "a-zà-öø-ÿ'-"
+_NAME_LEAD = re.compile(rf"^\s*([{_CAP}][{_LOW}]{{1,14}})(?:\s+[{_CAP}][{_LOW}]{{1,14}})?"
+                        rf",\s+(?=[{_CAP}])")
+_NOT_NAMES = frozenset([
+    "great", "yes", "no", "nope", "yep", "yeah", "sure", "thanks", "thank", "well", "so", "ok",
+    "okay", "sadly", "unfortunately", "honestly", "fantastic", "perfect", "good", "bad", "hmm",
+    "oh", "ah", "wow", "all", "not", "still", "also", "again", "done", "alas", "ja", "nein",
+    "danke", "gut", "super", "leider", "klar", "genau", "prima", "toll", "schade", "naja", "oui",
+    "non", "merci", "bien", "malheureusement", "parfait", "hélas", "bon", "bref", "si", "sí",
+    "gracias", "genial", "claro", "perfecto", "vale", "bueno", "lamentablemente", "nee",
+    "bedankt", "goed", "helaas", "jammer", "top", "mooi", "oké",
+])
 _COURTESY_LEAD = re.compile(rf"^\s*(?:{_COURTESY.pattern})\s*[.!,]*\s*", re.I)
 _COURTESY_LINE = re.compile(rf"^\s*(?:{_COURTESY.pattern})\s*[.!,]*\s*$", re.I)
 
@@ -152,6 +166,9 @@ def _cut(lines: list[str]) -> list[str]:
             lines = lines[first + 1:]
             continue
         m = _GREETING_LEAD.match(line) or _COURTESY_LEAD.match(line)
+        if m is None:
+            name = _NAME_LEAD.match(line)
+            m = name if name and name.group(1).lower() not in _NOT_NAMES else None
         if m and line[m.end():].strip():
             lines = [*lines[:first], line[m.end():], *lines[first + 1:]]
             continue

@@ -156,12 +156,11 @@ def read(
     intro = parse_intro(msg, service_addresses=ctx.own_addresses, senders=ctx.senders)
     # row 3: a list server
     if screening is not None and screening.evidence is Evidence.LIST:
+        # no note to the member: a post to a list the service reads is not a misdirected
+        # intro (the operator still sees it as set aside)
         meant = intro.kind is Kind.INTRO
         return Reading(kind=screening.kind, reason=screening.reason, screening=screening,
-                       referrer=intro.referrer if meant else None,
-                       advice="it reached us through a mailing list, and we never follow up "
-                       "list posts. Put us in Bcc on a direct email to the people you "
-                       "introduce." if meant else "", **base)
+                       referrer=intro.referrer if meant else None, **base)
 
     if intro.kind is Kind.INTRO and who is not None:
         auth = authenticate(
