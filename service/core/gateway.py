@@ -84,6 +84,7 @@ BANNER_RE = re.compile(
 )
 
 _URL_RE = re.compile(r"https?://[^\s<>\"')\]]{1,2000}", re.I)
+_BRACKETED_RE = re.compile(r"(?<=\S)<(https?://[^\s<>]{1,2000})>", re.I)
 _V3_RE = re.compile(r"https?://urldefense(?:\.proofpoint)?\.com/v3/__(.+?)__;[^\s<>\"')\]]*",
                     re.I)
 
@@ -124,6 +125,10 @@ def unwrap_links(text: str) -> str:
         # v3 keeps the original between "__" and "__;", with "*" standing for bytes it
         # encoded separately; those are rare in the links people paste, so they stay as is
         text = _V3_RE.sub(lambda m: m.group(1), text)
+        # Outlook's plain text writes a link as "www.acme.example<https://gateway/…>": the
+        # text already says where it goes, so the rewritten copy in brackets goes
+        text = _BRACKETED_RE.sub(lambda m: "" if _one(m.group(1)) != m.group(1) else m.group(0),
+                                 text)
         return _URL_RE.sub(lambda m: _one(m.group(0)), text)
     except Exception:
         return text

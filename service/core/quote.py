@@ -26,11 +26,18 @@ from __future__ import annotations
 import re
 
 from service.core.gateway import BANNER_RE
-from service.core.replytext import CONTACT_RE, DISCLAIMER_RE, is_mobile_signature
+from service.core.replytext import (
+    CONTACT_RE,
+    DISCLAIMER_RE,
+    NAME_WORD,
+    SIGNOFF,
+    SIGNOFF_LINE,
+    is_mobile_signature,
+)
 
 __all__ = ["answer_of"]
 
-_NAME_WORD = r"[A-ZÀ-ÖØ-Þ][\w'.-]*"
+_NAME_WORD = NAME_WORD
 _GREETING = (r"(?:hi|hello|hey|dear|good (?:morning|afternoon|evening)|morning|"
              r"hallo|hi zusammen|hallo zusammen|liebe[rs]?|sehr geehrte[rs]?|guten (?:tag|morgen|"
              r"abend)|moin|servus|gruezi|grüezi|grüß (?:dich|gott)|"
@@ -67,6 +74,9 @@ _COURTESY = re.compile(
 _CAP, _LOW = "A-ZÀ-ÖØ-Þ", "a-zà-öø-ÿ'-"
 _NAME_LEAD = re.compile(rf"^\s*([{_CAP}][{_LOW}]{{1,14}})(?:\s+[{_CAP}][{_LOW}]{{1,14}})?"
                         rf",\s+(?=[{_CAP}])")
+# "Barbara," alone on the first line: a greeting by name only
+_NAME_LINE = re.compile(
+    rf"^\s*([{_CAP}][{_LOW}]{{1,14}})(?:\s+[{_CAP}][{_LOW}]{{1,14}}){{0,2}}\s*[,:]\s*$")
 _NOT_NAMES = frozenset([
     "great", "yes", "no", "nope", "yep", "yeah", "sure", "thanks", "thank", "well", "so", "ok",
     "okay", "sadly", "unfortunately", "honestly", "fantastic", "perfect", "good", "bad", "hmm",
@@ -79,33 +89,10 @@ _NOT_NAMES = frozenset([
 _COURTESY_LEAD = re.compile(rf"^\s*(?:{_COURTESY.pattern})\s*[.!,]*\s*", re.I)
 _COURTESY_LINE = re.compile(rf"^\s*(?:{_COURTESY.pattern})\s*[.!,]*\s*$", re.I)
 
-_SIGNOFF = (r"(?:best(?: wishes| regards)?|kind(?:est)? regards|warm(?:est)? regards|regards|"
-            r"many thanks|thanks(?: again| a lot| so much)?|thank you(?: again| so much)?|"
-            r"cheers|all the best|sincerely|yours(?: sincerely| truly)?|talk soon|speak soon|"
-            r"take care|br|rgds|thx|ciao|"
-            r"(?:beste|viele|liebe|freundliche|herzliche|sonnige) grü(?:ß|ss)e|"
-            r"(?:beste|viele|liebe|freundliche|herzliche) gruesse|mit (?:den )?(?:besten|"
-            r"freundlichen|herzlichen) grü(?:ß|ss)en|mfg|lg|vg|gruß|gruss|grüße|danke(?: dir| "
-            r"ihnen| schön| sehr)?|vielen dank|"
-            r"cordialement|bien cordialement|bien à (?:vous|toi)|belle journée|bonne (?:journée|"
-            r"soirée|fin de journée)|amitiés|merci(?: encore| beaucoup| bien)?|à bientôt|"
-            r"salutations|sincères salutations|"
-            r"saludos(?: cordiales)?|un saludo(?: cordial)?|atentamente|un abrazo|abrazos|"
-            r"gracias|muchas gracias|un cordial saludo|besos|"
-            r"met vriendelijke groet(?:en)?|vriendelijke groet(?:en)?|hartelijke groet(?:en)?|"
-            r"groet(?:en|jes)?|mvg|gr|bedankt|dank je wel|dank u wel|dankjewel|fijne dag|"
-            r"cdlt|bien à vous|encore merci(?: et à bientôt)?|reciba un (?:cordial )?saludo|"
-            r"recibe un (?:cordial )?saludo|quedo a (?:su|tu) disposición|hasta pronto|"
-            r"met hartelijke groet|hartelijke groeten|liebe grüße|lg|schöne grüße|"
-            r"mit besten grüßen|gruß aus \w+|greetings)")
-# A sign-off line: the phrase, maybe punctuation, maybe a name ("Thanks, Jürgen").
-_SIGNOFF_LINE = re.compile(
-    rf"^\s*{_SIGNOFF}\b[ \t]*[,.!:;-]*(?:[ \t]*(?:{_NAME_WORD}[ \t]*){{1,3}})?[ \t]*[,.!]?\s*$",
-    re.I)
 # "…aangenomen 🎉 Groetjes, Daan": a sign-off and a name closing the answer's own line
 _SIGNOFF_TAIL = re.compile(
-    rf"(?<=[.!?…)\U0001F300-\U0001FAFF\u2600-\u27BF])\s+{_SIGNOFF}[ \t]*[,.!]*"
-    rf"(?:[ \t]+{_NAME_WORD}){{1,3}}[ \t]*[.!]?\s*$", re.I)
+    rf"(?<=[.!?…)\U0001F300-\U0001FAFF\u2600-\u27BF])\s+(?i:{SIGNOFF})[ \t]*[,.!]*"
+    rf"(?:[ \t]+{_NAME_WORD}){{1,3}}[ \t]*[.!]?\s*$")
 _LEGAL = re.compile(
     r"\b(?:geschäftsführ\w*|geschaeftsfuehr\w*|amtsgericht|registergericht|handelsregister|"
     r"hrb|hra|ust-?id\w*|steuer-?nr|sitz der gesellschaft|impressum|vorstand|"
@@ -162,7 +149,9 @@ def _cut(lines: list[str]) -> list[str]:
         if first is None:
             break
         line = lines[first]
-        if _GREETING_LINE.match(line) or _COURTESY_LINE.match(line):
+        name = _NAME_LINE.match(line)
+        if _GREETING_LINE.match(line) or _COURTESY_LINE.match(line) or (
+                name and name.group(1).lower() not in _NOT_NAMES):
             lines = lines[first + 1:]
             continue
         m = _GREETING_LEAD.match(line) or _COURTESY_LEAD.match(line)
@@ -180,7 +169,7 @@ def _cut(lines: list[str]) -> list[str]:
         s = ln.strip()
         if not s:
             continue
-        if seen_text and _SIGNOFF_LINE.match(s):
+        if seen_text and SIGNOFF_LINE.match(s):
             lines = lines[:i]
             break
         starts_paragraph = i == 0 or not lines[i - 1].strip()

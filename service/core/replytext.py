@@ -274,6 +274,38 @@ def _is_mobile_sig(line: str) -> bool:
     return not tail or bool(_SIG_TAIL_RE.search(tail)) or tail.startswith(("<", "http", "("))
 
 
+# Sign-offs in five languages ("Best,", "Mit freundlichen Grüßen", "Un saludo"): a line that
+# is only one (maybe with a name) closes the letter; what follows is a signature block.
+NAME_WORD = r"[A-ZÀ-ÖØ-Þ][\w'.-]*"
+SIGNOFF = (r"(?:best(?: wishes| regards)?|kind(?:est)? regards|warm(?:est)? regards|regards|"
+            r"many thanks|thanks(?: again| a lot| so much)?|thank you(?: again| so much)?|"
+            r"cheers|all the best|sincerely|yours(?: sincerely| truly)?|talk soon|speak soon|"
+            r"take care|br|rgds|thx|ciao|"
+            r"(?:beste|viele|liebe|freundliche|herzliche|sonnige) grü(?:ß|ss)e|"
+            r"(?:beste|viele|liebe|freundliche|herzliche) gruesse|mit (?:den )?(?:besten|"
+            r"freundlichen|herzlichen) grü(?:ß|ss)en|mfg|lg|vg|gruß|gruss|grüße|danke(?: dir| "
+            r"ihnen| schön| sehr)?|vielen dank|"
+            r"cordialement|bien cordialement|bien à (?:vous|toi)|belle journée|bonne (?:journée|"
+            r"soirée|fin de journée)|amitiés|merci(?: encore| beaucoup| bien)?|à bientôt|"
+            r"salutations|sincères salutations|"
+            r"saludos(?: cordiales)?|un saludo(?: cordial)?|atentamente|un abrazo|abrazos|"
+            r"gracias|muchas gracias|un cordial saludo|besos|"
+            r"met vriendelijke groet(?:en)?|vriendelijke groet(?:en)?|hartelijke groet(?:en)?|"
+            r"groet(?:en|jes)?|mvg|gr|bedankt|dank je wel|dank u wel|dankjewel|fijne dag|"
+            r"cdlt|bien à vous|encore merci(?: et à bientôt)?|reciba un (?:cordial )?saludo|"
+            r"recibe un (?:cordial )?saludo|quedo a (?:su|tu) disposición|hasta pronto|"
+            r"met hartelijke groet|hartelijke groeten|liebe grüße|lg|schöne grüße|"
+            r"mit besten grüßen|gruß aus \w+|greetings)")
+# A sign-off line: the phrase, maybe punctuation, maybe a name ("Thanks, Jürgen").
+# A sign-off line: the phrase, maybe punctuation, maybe a name ("Thanks, Jürgen").
+# (the phrase is matched in any case, the name only capitalised: "Thanks for checking in."
+# is a sentence, "Thanks, Jürgen" a sign-off)
+SIGNOFF_LINE = re.compile(
+    rf"^\s*(?i:{SIGNOFF})\b[ \t]*[,.!:;-]*(?:[ \t]*(?:{NAME_WORD}[ \t]*){{1,3}})?[ \t]*[,.!]?\s*$")
+
+
+_POSTSCRIPT_RE = re.compile(r"^\s*(?:p\.?\s?s\.?|pd|n\.?b\.?)\s*[:.,-]", re.I)
+
 # For service/core/quote.py, which cuts the answer out of the new text with the same notions.
 is_mobile_signature = _is_mobile_sig
 CONTACT_RE = _CONTACT_RE
@@ -659,13 +691,47 @@ def _strip_signatures(lines: list[str], kinds: list[str], steps: list[str]) -> l
         start > 0
         and 2 <= len(card) <= 8
         and any(kinds[m] == _TEXT for m in range(start))
-        and all(len(line.strip()) <= 60 and not _prose(line) for line in card)
+        and all(len(line.strip()) <= 80 and not _prose(line)
+                # a wrapped sentence has many words; a signature line few, or pipes
+                and ("|" in line or len(line.split()) <= 8) for line in card)
         and sum(bool(_CONTACT_RE.search(line)) for line in card) >= max(1, len(card) // 3)
     ):
         steps.append("contact-card")
         lines = lines[:start]
         while lines and not lines[-1].strip():
             lines.pop()
+
+    # 8. A sign-off ("Best,", "Mit freundlichen Grüßen") and the name under it close the
+    # letter: below them come title, company, address and phone, which are nobody's answer.
+    # Kept when what follows is prose again (a P.S.).
+    seen = False
+    for k, line in enumerate(lines):
+        text = line.strip()
+        if not text:
+            continue
+        if seen and SIGNOFF_LINE.match(text[:_MAX_LINE]):
+            end = k + 1
+            names = 0
+            probe = end
+            while probe < len(lines) and names < 2:
+                candidate = lines[probe].strip()
+                if not candidate:  # "Best regards,\n\nSome One": the name may sit apart
+                    probe += 1
+                    continue
+                if len(candidate.split()) > 4 or _prose(candidate) or _CONTACT_RE.search(
+                        candidate) or "|" in candidate:
+                    break
+                names += 1
+                probe += 1
+                end = probe
+                if probe < len(lines) and not lines[probe].strip():
+                    break  # the name; a block after a blank line is the signature
+            rest = [ln for ln in lines[end:] if ln.strip()]
+            if rest and not _POSTSCRIPT_RE.match(rest[0]):
+                steps.append("signature")
+                lines = lines[:end]
+            break
+        seen = True
     return lines
 
 
@@ -816,11 +882,13 @@ def extract_reply(msg: EmailMessage, *, sent_texts: Sequence[str] = ()) -> Reply
                     text, steps = full_text, []
             else:
                 text = full_text
-            result = _strip(text, sents, steps)
+            # gateway links unwrapped first: a safelinks URL makes a signature line look
+            # like a paragraph of prose
+            result = _strip(unwrap_links(text), sents, steps)
             return ReplyText(unwrap_links(result), _method(steps, "html:"), full_text)
         if source == "none":
             return ReplyText("", "empty", full_text)
-        result = _strip(full_text, sents, steps)
+        result = _strip(unwrap_links(full_text), sents, steps)
         return ReplyText(unwrap_links(result), _method(steps, "plain:"), full_text)
     except Exception as exc:  # never let one strange message stop the pipeline
         return ReplyText("", f"error:{type(exc).__name__}", full_text)
