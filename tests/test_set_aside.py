@@ -138,33 +138,37 @@ def test_a_reply_that_lost_token_and_references_is_still_matched(world) -> None:
 
 def test_set_aside_mail_is_counted_listed_and_alerted(world) -> None:
     loop, clock, st = world
-    # a member's intro posted through a mailing list: list evidence, so not an intro...
-    listed = FASTMAIL_INTRO.format(mid="l1", extra="List-Id: <founders.lists.example>\n")
-    deliver(loop, listed)
-    deliver(loop, FASTMAIL_INTRO.format(mid="l2", extra="List-Id: <founders.lists.example>\n"))
+    # a member's post to a list the service reads: list evidence, so not an intro, and no
+    # note to the member (a list post is not a misdirected intro)...
+    deliver(loop, FASTMAIL_INTRO.format(mid="l1", extra="List-Id: <founders.lists.example>\n"))
+    # ...and an intro to more people than an intro has: set aside, and the member hears
+    # once a week (two such messages, one note) what to do instead
+    many = ", ".join(f"p{i} <p{i}@acme.example>" for i in range(10))
+    for mid in ("m1", "m2"):
+        deliver(loop, FASTMAIL_INTRO.format(mid=mid, extra="").replace(
+            "To: Priya Raman <priya@proton.me>, Tom Berger <tom.berger@gmx.de>", f"To: {many}"))
     r = loop.run_once()
-    assert [k for _, k, _ in r.processed] == ["ignored", "ignored"]
+    assert [k for _, k, _ in r.processed] == ["ignored", "ignored", "ignored"]
     rows = inbound(loop)
-    assert [i.set_aside for i in rows] == ["member", "member"]
-    # ...and the member hears once (rate-limited), with what to do instead
+    assert [i.set_aside for i in rows] == ["member", "member", "member"]
     notes = [o for o in outbox(loop) if o.kind == "set_aside_note"]
     assert len(notes) == 1 and notes[0].to_email == "dana@fastmail.com"
     text = message_from_bytes(notes[0].raw, policy=policy.default).get_body(
         ("plain",)).get_content()
-    assert "mailing list" in text and "Bcc" in text
+    assert "10 people" in text and "Bcc" in text
     with loop.session() as s:
         assert s.exec(select(Referral)).all() == []
 
     # the operator: the daily alert lists both, check and health carry it
     alerts = current_alerts(loop.engine, st, clock.now())
     alert = next(a for a in alerts if a.cause == "set-aside")
-    assert alert.title.startswith("2 message(s)") and len(alert.items) == 2
+    assert alert.title.startswith("3 message(s)") and len(alert.items) == 3
     assert "dana@fastmail.com (member)" in alert.items[0]
     env = {"INTROLOOP_ADDRESS": "referrals@network.example", "INTROLOOP_SECRET": "x" * 32,
            "INTROLOOP_DATA_DIR": str(st.data_dir)}
     out = CliRunner().invoke(main, ["--env-file", "/nonexistent/.env", "quarantine", "list",
                                     "--set-aside"], env=env).output
-    assert out.count("[member]") == 2 and "list:" in out
+    assert out.count("[member]") == 3 and "list:" in out and "mailing" in out
     _, warnings = health_report(st, clock.now())
     assert any("set aside" in w for w in warnings)
     # a day later the alert is gone (it was mailed once, the list still has them)

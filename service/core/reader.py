@@ -23,8 +23,8 @@ row says why it beats the rows below it. `introloop inspect` prints the deciding
       Cc, sender not forged                                 mailing, not an intro (intro.py)
  5    a hint of bulk mail only (Feedback-ID,   ignored      weak: providers stamp these on
       List-Unsubscribe, Precedence,                         personal mail, so they decide only
-      header-only auto-reply signals)                       mail that rows 1-4 leave
-                                                            unexplained; the pipeline still
+      header-only auto-reply signals), not                  mail that rows 1-4 leave
+      from a member                                         unexplained; the pipeline still
                                                             matches the sender's open request
  6    not from a member, and the text reads    reply        an answer that lost its headers
       as an answer                             (unknown)
@@ -184,8 +184,10 @@ def read(
             **base,
         )
 
-    # row 5: only a hint of bulk mail
-    if screening is not None:
+    # row 5: only a hint of bulk mail; a member's message is explained by the intro rules
+    # instead ("addressed to 10 people"), which say more than "Feedback-ID"
+    is_member = who is not None and ctx.senders.member_for(who.email) is not None
+    if screening is not None and not is_member:
         return Reading(kind=screening.kind, reason=screening.reason, screening=screening,
                        referrer=intro.referrer, intro=intro, **base)
     if intro.kind is Kind.IGNORED and intro.advice:
@@ -197,7 +199,6 @@ def read(
                        intro=intro, **base)
 
     # rows 6 and 7
-    is_member = who is not None and ctx.senders.member_for(who.email) is not None
     reply, verdict = _read_reply(msg, ctx, (), sent_texts)
     if not is_member and verdict.outcome is not Outcome.UNCLEAR:
         return Reading(

@@ -71,6 +71,8 @@ _NUMBERS = {
     "unas": 3, "unos": 3, "un par de": 2,
     "een": 1, "twee": 2, "drie": 3, "vijf": 5, "zes": 6,
     "een paar": 2, "enkele": 3,
+    "ten": 10, "zehn": 10, "dix": 10, "diez": 10, "tien": 10,
+    "fifteen": 15, "funfzehn": 15, "quinze": 15, "quince": 15, "vijftien": 15,
 }
 _NUM = (r"(?P<n>\d{1,2}|" + "|".join(re.escape(k) for k in
                                      sorted(_NUMBERS, key=len, reverse=True)) + r")")
@@ -150,6 +152,8 @@ def _numeric(m: re.Match[str], today: date) -> date | None:
 
 def _weekday(m: re.Match[str], today: date) -> date:
     ahead = (_WEEKDAYS[m.group("weekday")] - today.weekday()) % 7 or 7
+    if m.groupdict().get("week"):
+        ahead += 7  # "Monday week": the Monday after next
     if m.groupdict().get("next") and ahead < 7 - today.weekday():
         ahead += 7  # "next Tuesday" said on a Monday: the one after tomorrow's week
     return today + timedelta(days=ahead)
@@ -214,10 +218,14 @@ _RULES: list[Rule] = [
                 r"(?:anfang )?nachsten jahres|(?:debut )?(?:de )?l'annee prochaine|(?:a principios "
                 r"del? )?(?:ano que viene|proximo ano)|(?:begin )?volgend jaar)\b"),
      lambda m, t: date(t.year + 1, 1, 31)),
-    (re.compile(r"\b(?:q(?P<q>[1-4])|(?P<qw>first|second|third|fourth) quarter)\b"),
+    (re.compile(r"\b(?:by|end of|in|until|before|bis|ende|fin|en|eind|im) (?:the |del? |des )?"
+                r"(?:q(?P<q>[1-4])|(?P<qw>first|second|third|fourth) quarter)\b"),
      lambda m, t: _quarter(m, t) if m.group("q") else _quarter(re.match(
          r"(?P<q>\d)", str({"first": 1, "second": 2, "third": 3, "fourth": 4}[m.group("qw")])),
          t)),  # type: ignore[arg-type]
+    (re.compile(r"\b(?:before christmas|vor weihnachten|avant noel|antes de navidad|voor "
+                r"(?:de )?kerst)\b"), lambda m, t: date(t.year, 12, 24) if t < date(t.year, 12, 24)
+     else date(t.year + 1, 12, 24)),
     (re.compile(r"\b(?:(?:after|over|past) (?:the )?(?:summer|christmas|(?:the )?holidays|new "
                 r"year|spring|autumn|fall|winter)|in (?:the )?(?:spring|autumn|fall|summer|"
                 r"new year)|nach (?:dem |den )?(?:sommer|weihnachten|feiertagen|neujahr|"
@@ -240,27 +248,38 @@ _RULES: list[Rule] = [
     (re.compile(r"\b(?:in|by|until|till|before|around|im|bis|vor|en|d'ici|avant|para|antes de|"
                 r"hasta|tegen|voor|eind|rond|uiterlijk|ab) (?:de |el |der |het )?(?:mes de )?"
                 + _MONTH), lambda m, t: _month_after(t, _MONTHS[m.group("month")], None)),
-    (re.compile(r"\b(?:on|by|until|am|bis|zum|le|el|dia|op|tegen) (?:the |de |den |het )?"
-                r"(?P<day>\d{1,2})(?:st|nd|rd|th|\.|e|er|de)?(?= |$|[,.!?])(?! ?(?:%|euro|eur|"
+    (re.compile(r"\b(?:on|by|until|till|to|am|bis|zum|le|el|dia|op|tegen|au|al|tot) (?:the |de |"
+                r"den |het )?(?:" + _WEEKDAY.replace("?P<weekday>", "?:") + r",? )?"
+                r"(?P<day>\d{1,2})(?:st|nd|rd|th|\.|e|er|de)?(?= |$|[,.!?;:)])(?! ?(?:%|euro|eur|"
                 r"k\b|people|mensen|leute|personnes|personas|h\b|uhr|pm|am|:))"), _day_of_month),
     (re.compile(r"\b(?P<day>\d{1,2})[./](?P<mon>\d{1,2})\.?(?:[./](?:20)?\d{2})?\b"), _numeric),
-    (re.compile(rf"\b(?:(?P<next>{_NEXT}) |on |am |le |el |op |this |coming )?" + _WEEKDAY),
+    (re.compile(rf"\b(?:(?P<next>{_NEXT}) |on |am |le |el |op |this |coming )?" + _WEEKDAY
+                + r"(?P<week> week)?"),
      _weekday),
     (re.compile(r"\b(?:in|within|dans|d'ici|en|dentro de|binnen|over|nach|innerhalb von|"
-                r"innerhalb|about|around|roughly|another|noch) (?:(?:the|den|les|the next|los "
+                r"innerhalb|about|around|roughly|another|noch|etwa|sous|needs?|takes?|dauert) "
+                r"(?:(?:the|den|les|the next|los "
                 r"proximos|las proximas|de komende|die nachsten|les prochain(?:e)?s) )?" + _NUM
                 + r" " + _UNIT), _in_n),
 ]
 
-# Past references never set a recheck: "last Tuesday", "letzte Woche", "il y a deux semaines".
-_PAST = re.compile(r"\b(?:last|letzte[nm]?|vorige[nm]?|dernier|derniere|pasad[oa]|"
-                   r"ultim[oa]|vorige|afgelopen|ago|her|il y a|hace)\s*$")
+# Past references never set a recheck: "last Tuesday", "letzte Woche", "il y a deux semaines"
+# (markers before), "two weeks ago", "la semaine dernière", "la semana pasada" (after).
+_PAST_BEFORE = re.compile(r"\b(?:last|letzte[nmr]?|vorige[nm]?|afgelopen|il y a|hace)\s*$")
+_PAST_AFTER = re.compile(r"^\s*(?:ago|her\b|derniere?|pasad[oa]|passee?)")
+# Later today: the recheck's lower bound (two days) applies.
+_TODAY = re.compile(r"\b(?:tonight|this (?:afternoon|evening)|later today|end of (?:the )?day|"
+                    r"heute (?:abend|nachmittag)|ce soir|cet apres-midi|esta (?:tarde|noche)|"
+                    r"vanavond|vanmiddag)\b")
 
 
 def _found(norm: str, today: date) -> Iterator[date]:
+    if _TODAY.search(norm):
+        yield today
     for regex, meaning in _RULES:
         for m in regex.finditer(norm):
-            if _PAST.search(norm[max(0, m.start() - 25):m.start()]):
+            if _PAST_BEFORE.search(norm[max(0, m.start() - 25):m.start()]) or _PAST_AFTER.match(
+                    norm[m.end():m.end() + 12]):
                 continue
             try:
                 got = meaning(m, today)
