@@ -730,6 +730,13 @@ class InboundMixin(LoopBase):
         reply_row.settled_by, reply_row.settled_outcome = "undo-link", Outcome.UNCLEAR
         party.outcome, party.outcome_at = None, None
         party.status, party.next_due_at = PartyStatus.PENDING, now
+        # the suppression also held back this address in other introductions (open ones, and
+        # any made meanwhile): they carry on too, a first request where none was sent yet
+        for other in s.exec(select(Party).where(Party.email == party.email, Party.id != party.id,
+                                                Party.status == PartyStatus.OPTEDOUT,
+                                                col(Party.outcome).is_(None))):
+            other.status = PartyStatus.PENDING if other.requests_sent else PartyStatus.SCHEDULED
+            other.next_due_at = now
         self._event("optout_undone", party=party.id, email=party.email, reply=reply_id)
         return Kind.REPLY, (f"opt-out of {party.email} undone by its link (reply #{reply_id} was "
                             "misread); they will be asked again now")
