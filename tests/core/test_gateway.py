@@ -74,3 +74,13 @@ def test_two_stacked_banners_and_a_name_marker() -> None:
 def test_a_reply_that_starts_with_attention_keeps_its_words() -> None:
     text = "Attention to detail was great, we hired her.\n\nBest, Tom"
     assert "we hired her" in strip_reply_text(text)
+
+
+def test_outlook_semicolons_between_addresses() -> None:
+    # Outlook shows (and some Exchange setups send) "a; b": both are addressed
+    msg = message_from_string(
+        'To: Rebecca Stone <r@stone.example>; "Adeyemi, Tunde" <t@bright.example>\n'
+        "Cc: undisclosed-recipients:;\n\nx", policy=policy.default)
+    people = h.addresses(msg, "To", "Cc")  # type: ignore[arg-type]
+    assert [(p.email, p.name) for p in people] == [("r@stone.example", "Rebecca Stone"),
+                                                    ("t@bright.example", "Adeyemi, Tunde")]
