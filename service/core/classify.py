@@ -16,9 +16,13 @@ Three layers, in order:
    labelled replies in ``config/classifier/train.jsonl``; applied here in pure Python
    (a few hundred dictionary look-ups), so no numpy at run time.
 3. **Agreement and thresholds.** A phrase cue is trusted only when the model does not
-   clearly disagree; the model alone is trusted only above per-class thresholds that
-   were chosen by cross-validation for zero positive/negative confusions. Anything else
-   is ``unclear``: a person decides, we never guess.
+   lean to the opposite polarity; the model alone is trusted only above per-class
+   thresholds that were chosen by cross-validation for the fewest positive/negative
+   confusions; the model alone never opts anyone out (that takes explicit words).
+   Anything else is ``unclear``: a person decides, we never guess.
+
+The model is a logistic regression over word features, optionally blended with a second one
+over a multilingual sentence embedding (`EmbeddingModel`; the edge injects the embedder).
 """
 
 from __future__ import annotations
@@ -587,7 +591,11 @@ class Classifier:
                     label, max(conf, p_top), f"{cue.rule} +{model_rule}", language
                 )
             opposite = _OPPOSITE.get(label)
-            vetoed = opposite is not None and probs[opposite] >= t["rule_veto"]
+            # never decide against the model's own leaning to the other polarity: "Yeah,
+            # super helpful. Sent us a price list and vanished." has a praise cue and a model
+            # that reads a refusal; a person decides
+            vetoed = opposite is not None and (probs[opposite] >= t["rule_veto"]
+                                               or top == opposite)
             if probs[label] >= t["rule_floor"] and not vetoed:
                 return Classification(
                     label, conf * 0.9, f"{cue.rule} (model {top.value} p={p_top:.2f})", language

@@ -190,10 +190,19 @@ def _quarter(m: re.Match[str], today: date) -> date:
     return _end_of_month(date(year, month, 1))
 
 
-_NEXT = r"(?:next|nachste|nachsten|kommende|kommenden|prochaine?|proxima|proximo|volgende|komende)"
+_NEXT = (r"(?:next|nachste|nachsten|nachster|kommende|kommenden|prochaine?|proxima|proximo|"
+         r"volgende|komende)")
 _RULES: list[Rule] = [
     (re.compile(r"\b(?:day after tomorrow|ubermorgen|apres-demain|apres demain|pasado manana|"
                 r"overmorgen)\b"), lambda m, t: t + timedelta(days=2)),
+    (re.compile(r"\b(?:fortnight|ubernachste woche|in zwei wochen|dans quinze jours|"
+                r"over veertien dagen)\b"), lambda m, t: t + timedelta(days=14)
+     if "ubernachste" not in m.group(0) else _friday(t) + timedelta(days=14)),
+    (re.compile(r"\b(?:the )?(?:week of the|semana del|woche vom|semaine du|week van) "
+                r"(?P<day>\d{1,2})(?:st|nd|rd|th|e|\.)?\b"),
+     lambda m, t: (lambda d: _friday(d) if d else None)(_day_of_month(m, t))),
+    (re.compile(r"\b(?:morgenochtend|morgenmiddag|morgenavond|morgen fruh|demain matin)\b"),
+     lambda m, t: t + timedelta(days=1)),
     (re.compile(r"\b(?:tomorrow|demain|(?<!por la )(?<!de la )manana(?! por)|morgen(?! frueh)"
                 r")\b"), lambda m, t: t + timedelta(days=1)),
     (re.compile(r"\b(?:end of (?:the |this )?week|(?:this|diese|cette|esta|deze) (?:week|woche|"

@@ -53,10 +53,10 @@ def test_no_date(text: str) -> None:
 
 def test_training_replies_with_a_labelled_date() -> None:
     """The pending training replies that carry `recheck_after` (written for training, so
-    tuned on): at least 95 % exact."""
+    tuned on): at least 90 % exact."""
     path = Path(__file__).parents[2] / "config" / "classifier" / "train.jsonl"
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     dated = [r for r in rows if r.get("recheck_after")]
     exact = sum(named_date(r["text"], TODAY) == date.fromisoformat(r["recheck_after"])
                 for r in dated)
-    assert len(dated) >= 70 and exact / len(dated) >= 0.95
+    assert len(dated) >= 140 and exact / len(dated) >= 0.90
