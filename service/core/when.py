@@ -108,8 +108,9 @@ Rule = tuple[re.Pattern[str], Callable[[re.Match[str], date], date | None]]
 
 
 def _part_of_month(m: re.Match[str], today: date) -> date:
+    """"early/mid/end <month>" in five languages: the 10th, the 15th or the month's end."""
     month = _MONTHS[m.group("month")]
-    part = m.group("part")
+    part = m.group("part").split()[0]
     day = {"early": 10, "beginning": 10, "start": 10, "anfang": 10, "debut": 10,
            "principios": 10, "comienzos": 10, "inicios": 10, "begin": 10, "mid": 15,
            "middle": 15, "mitte": 15, "mi": 15, "mediados": 15, "medio": 15, "half": 15,
@@ -184,7 +185,9 @@ def _season(m: re.Match[str], today: date) -> date:
 
 
 def _quarter(m: re.Match[str], today: date) -> date:
-    q = int(m.group("q"))
+    """The last day of the quarter named by digit ("Q1") or word ("first quarter")."""
+    word = {"first": 1, "second": 2, "third": 3, "fourth": 4}
+    q = int(m.group("q")) if m.group("q") else word[m.group("qw")]
     month = q * 3
     year = today.year if month >= today.month else today.year + 1
     return _end_of_month(date(year, month, 1))
@@ -229,9 +232,7 @@ _RULES: list[Rule] = [
      lambda m, t: date(t.year + 1, 1, 31)),
     (re.compile(r"\b(?:by|end of|in|until|before|bis|ende|fin|en|eind|im) (?:the |del? |des )?"
                 r"(?:q(?P<q>[1-4])|(?P<qw>first|second|third|fourth) quarter)\b"),
-     lambda m, t: _quarter(m, t) if m.group("q") else _quarter(re.match(
-         r"(?P<q>\d)", str({"first": 1, "second": 2, "third": 3, "fourth": 4}[m.group("qw")])),
-         t)),  # type: ignore[arg-type]
+     lambda m, t: _quarter(m, t)),
     (re.compile(r"\b(?:before christmas|vor weihnachten|avant noel|antes de navidad|voor "
                 r"(?:de )?kerst)\b"), lambda m, t: date(t.year, 12, 24) if t < date(t.year, 12, 24)
      else date(t.year + 1, 12, 24)),
@@ -248,9 +249,7 @@ _RULES: list[Rule] = [
     (re.compile(r"\b(?P<part>early|beginning of|start of|mid|middle of|end of|late|anfang|mitte|"
                 r"ende|debut|mi|fin|principios de|comienzos de|inicios de|mediados de|finales "
                 r"de|fin de|begin|half|midden|eind|eind van)[- ]" + _MONTH),
-     lambda m, t: _part_of_month(re.match(r"(?P<part>\w+)(?:.*?)(?P<month>\w+)\.?$",
-                                          f"{m.group('part').split()[0]} {m.group('month')}"),
-                                 t)),  # type: ignore[arg-type]
+     _part_of_month),
     (re.compile(r"\b(?P<day>\d{1,2})(?:st|nd|rd|th|er|e|o|a|\.)?(?: de| of)? " + _MONTH),
      _day_month),
     (re.compile(r"\b" + _MONTH + r" (?:the )?(?P<day>\d{1,2})(?:st|nd|rd|th)?\b"), _day_month),
