@@ -25,7 +25,7 @@ import structlog
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
-from service.adapters.db import put_heartbeat
+from service.adapters.db import put_heartbeat, translate_errors
 from service.adapters.tables import Heartbeat, Inbound, OAuthToken, Outbox, Reply, as_utc
 from service.config import Settings
 from service.core.alerts import (
@@ -91,7 +91,9 @@ def gather_facts(engine: Engine, settings: Settings, now: datetime,
     """Read what the alert rules judge. Database only; no mail server is contacted."""
     limits = limits or limits_for(settings)
     used = {"imap": settings.uses_imap, "smtp": settings.uses_smtp}
-    with Session(engine) as s:
+    # a database going down mid-read is an outage the worker reports once and waits out (a
+    # DatabaseError), not a traceback from the alert tick
+    with translate_errors(engine), Session(engine) as s:
         beats = {b.name: b for b in s.exec(select(Heartbeat))}
         # a channel no longer configured keeps no stale failure alive
         signin = [SigninTrouble(name.removeprefix(SIGNIN_FAILED), as_utc(b.at) or now, b.detail)
